@@ -1,0 +1,3 @@
+from ctcovid.cli import main
+
+raise SystemExit(main())
