@@ -77,6 +77,94 @@ def _print_summary(summary: Any) -> None:
         print(f"{key}: {value}")
 
 
+# --------------------------------------------------------------------------- import / split
+def _add_import(p: argparse.ArgumentParser) -> None:
+    from ctcovid.data.cohorts import list_importers
+
+    p.add_argument("kind", help=f"cohort layout: {', '.join(list_importers())}")
+    p.add_argument("root", help="dataset folder as published (the .npz file for medmnist, the CSV for csv)")
+    p.add_argument("-o", "--out", required=True, help="manifest CSV to write")
+    p.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE",
+        help="importer option, e.g. score_column=Severity, score_offset=1, min_slices=16, patient_regex='(P\\d+)'",
+    )
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    import inspect
+
+    from ctcovid.config import parse_override
+    from ctcovid.data.cohorts import get_importer
+    from ctcovid.data.manifest import rebase_rows, summary_table, write_manifest
+    from ctcovid.errors import ConfigError
+
+    importer = get_importer(args.kind)
+    params = [n for n in inspect.signature(importer).parameters if n not in ("root", "progress")]
+    options: dict[str, Any] = {}
+    for text in args.option:
+        key, value = parse_override(text)
+        if len(key) != 1 or key[0] not in params:
+            raise ConfigError(f"unknown option {'.'.join(key)!r} for importer {args.kind!r}; valid: {', '.join(params) or 'none'}")
+        options[key[0]] = value
+    with _progress(1, f"import {args.kind}") as tick:
+        result = importer(args.root, progress=tick, **options)
+    out = Path(args.out)
+    rows = rebase_rows(result.rows, result.root, out.parent)
+    write_manifest(rows, out)
+    print(summary_table(result.rows))
+    print(f"found {result.found} scans: imported {len(result.rows)}, skipped {len(result.skipped)}")
+    for path, why in result.skipped:
+        print(f"  skipped {path}: {why}")
+    flagged = sum(1 for r in result.rows if r.flags)
+    if flagged:
+        print(f"{flagged} scans carry flags (see the 'flags' column)")
+    for w in result.warnings:
+        print(f"warning: {w}")
+    print(f"manifest written to {out}")
+    return 0
+
+
+def _add_split(p: argparse.ArgumentParser) -> None:
+    p.add_argument("manifest", help="manifest CSV (from ctcovid import)")
+    p.add_argument("--val", type=float, default=0.2, help="validation fraction of patients (default 0.2)")
+    p.add_argument("--test", type=float, default=0.2, help="test fraction of patients (default 0.2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--folds", type=int, default=0, help="also assign k folds (k >= 2)")
+    p.add_argument("--check", action="store_true", help="only check the existing split file; exit 1 on leakage")
+
+
+def _run_split(args: argparse.Namespace) -> int:
+    from ctcovid.data.manifest import read_manifest, summary_table
+    from ctcovid.data.splits import (
+        kfold_patients,
+        leaking_patients,
+        read_split,
+        split_path,
+        split_patients,
+        write_split,
+    )
+
+    rows = read_manifest(args.manifest, check_files=False)
+    if args.check:
+        assignment = read_split(split_path(args.manifest))
+        missing = [r.scan_id for r in rows if r.scan_id not in assignment]
+        leaks = leaking_patients([r for r in rows if r.scan_id in assignment], assignment)
+        for pid, splits in sorted(leaks.items()):
+            print(f"patient {pid} is in {', '.join(sorted(splits))}")
+        if missing:
+            print(f"{len(missing)} scans of the manifest are not in the split file, e.g. {missing[0]}")
+        if leaks or missing:
+            return 1
+        print(f"ok: {len(rows)} scans, no patient in two splits")
+        return 0
+    assignment = split_patients(rows, val=args.val, test=args.test, seed=args.seed)
+    folds = kfold_patients(rows, k=args.folds, seed=args.seed) if args.folds else None
+    out = write_split(rows, assignment, folds, args.manifest)
+    print(summary_table(rows, assignment))
+    print(f"split written to {out}")
+    return 0
+
+
 # --------------------------------------------------------------------------- demo
 def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo_out", help="working folder (default ./demo_out)")
@@ -149,7 +237,9 @@ class _progress:
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "demo": ("synthetic end-to-end run (no data needed)", _add_demo, _run_demo),
+    "import": ("turn a dataset folder into a checked manifest CSV", _add_import, _run_import),
     "inspect": ("read a scan and report its geometry, HU range and warnings", _add_inspect, _run_inspect),
+    "split": ("patient-level train/val/test split of a manifest", _add_split, _run_split),
     "synth": ("generate a synthetic chest CT cohort", _add_synth, _run_synth),
 }
 
