@@ -95,7 +95,7 @@ def probe_scan(path: Path) -> Probe:
             try:
                 import nibabel as nib
 
-                shape = nib.load(str(path)).shape  # header only
+                shape = nib.load(str(path)).header.get_data_shape()  # header only
             except Exception as e:  # nibabel raises many types on corrupt headers
                 return Probe("nifti", 0, error=f"unreadable NIfTI header ({type(e).__name__})")
             if len(shape) < 3:
