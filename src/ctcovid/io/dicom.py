@@ -147,6 +147,22 @@ def _read_header(path: Path) -> _Header:
     )
 
 
+def is_dicom_file(path: str | Path) -> bool:
+    """True when ``path`` is DICOM by content: the 'DICM' prefix at byte 128, or (for old files
+    without the preamble) a forced pydicom parse that finds image tags. The extension is ignored."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            if f.read(4) == b"DICM":
+                return True
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, force=True, stop_before_pixels=True, specific_tags=["SOPClassUID", "Rows"])
+    except _PARSE_ERRORS:
+        return False
+    return "SOPClassUID" in ds or "Rows" in ds
+
+
 def _raw_fast(h: _Header) -> np.ndarray | None:
     """Stored pixel values of an uncompressed little-endian slice read with numpy, else None."""
     if h.transfer_syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
@@ -312,7 +328,7 @@ def _scan_headers(files: Sequence[Path], skipped: list[tuple[str, str]]) -> list
     return headers
 
 
-def read_dicom_series(path: str | Path, *, series_uid: str | None = None, workers: int = 4) -> Volume:
+def read_dicom_series(path: str | Path, *, series_uid: str | None = None, workers: int = 2) -> Volume:
     """Read the DICOM series in folder ``path`` (or the series of the single file ``path``).
 
     Every regular file in the folder is tried (DICOM is recognised by content, not extension). Files

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ctcovid.errors import ScanReadError
+from ctcovid.io.arrays import CANONICAL_DIRECTION
 from ctcovid.types import ScanFormat, ScanSource, Units, Volume
 
 logger = logging.getLogger(__name__)
@@ -159,12 +160,8 @@ def read_slice_folder(
     return Volume(
         voxels=voxels,
         spacing_mm=spacing_mm if spacing_mm is not None else (1.0, 1.0, 1.0),
-        direction=_CANONICAL_DIRECTION,
+        direction=CANONICAL_DIRECTION,
         units=Units.DISPLAY,
         source=source,
         spacing_known=spacing_mm is not None,
     )
-
-
-# Columns: axis 0 -> +z (superior), axis 1 -> +y (posterior), axis 2 -> +x (left), all LPS.
-_CANONICAL_DIRECTION = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])

@@ -4,8 +4,9 @@ The body is what is denser than a threshold (default -500 HU: tissue and bone, n
 the table's foam mattress), cleaned up in four steps on a coarse grid (about 3 mm voxels, taken
 by striding the volume, so a 300x512x512 scan costs a few tens of milliseconds):
 
-1. an in-plane morphological opening cuts thin bridges (a cable, a blanket fold, a thin table
-   shell touching the back) and removes structures thinner than about two coarse voxels;
+1. an in-plane morphological opening (4-neighbour cross, one coarse voxel) cuts thin bridges (a
+   cable, a blanket fold, a thin table shell touching the back) and removes structures thinner
+   than about three coarse voxels;
 2. the largest 3D connected component is kept: the table, separated from the body by the air
    or foam it lies on, is a different component and drops out (so do arms lying apart from the
    trunk, and any clutter);
@@ -139,7 +140,7 @@ def find_body(
     sz, sy, sx = stride
     # Thresholding the strided view reads only 1/(sz*sy*sx) of the volume.
     dense = voxels[::sz, ::sy, ::sx] > thr
-    opened = ndi.binary_opening(dense, structure=_CROSS_2D)
+    opened = _dilate_inplane(_erode_inplane(dense))
     labels, n = ndi.label(opened)
     if n == 0:
         return _not_found(full_shape, stride, dense.shape, f"no voxel above {thr:g} after opening")
@@ -156,7 +157,7 @@ def find_body(
     body = labels == largest
     body = _fill_holes_per_slice(body)
     body_box = _coarse_bounds(body, stride, full_shape, crop_z)
-    mask = ndi.binary_dilation(body, structure=_CROSS_2D)
+    mask = _dilate_inplane(body)
     margins = [0 if (axis == 0 and not crop_z) else math.ceil(margin_mm / spacing_mm[axis]) for axis in range(3)]
     box = CropBox(
         max(0, body_box.z0 - margins[0]),
@@ -204,6 +205,29 @@ def crop_body(
     origin = tuple(float(c) for c in volume.index_to_lps(box.start))
     cropped = dataclasses.replace(volume, voxels=voxels, origin_mm=origin)
     return BodyCrop(volume=cropped, box=box, body=body)
+
+
+def _erode_inplane(mask: np.ndarray) -> np.ndarray:
+    # Erosion by the in-plane 4-neighbour cross (outside the image counts as background), with
+    # array shifts: several times faster than scipy's generic binary morphology on this grid.
+    out = mask.copy()
+    out[:, 1:, :] &= mask[:, :-1, :]
+    out[:, :-1, :] &= mask[:, 1:, :]
+    out[:, :, 1:] &= mask[:, :, :-1]
+    out[:, :, :-1] &= mask[:, :, 1:]
+    out[:, 0, :] = out[:, -1, :] = False
+    out[:, :, 0] = out[:, :, -1] = False
+    return out
+
+
+def _dilate_inplane(mask: np.ndarray) -> np.ndarray:
+    # Dilation by the same cross.
+    out = mask.copy()
+    out[:, 1:, :] |= mask[:, :-1, :]
+    out[:, :-1, :] |= mask[:, 1:, :]
+    out[:, :, 1:] |= mask[:, :, :-1]
+    out[:, :, :-1] |= mask[:, :, 1:]
+    return out
 
 
 def _fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
