@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -159,10 +160,80 @@ def _run_split(args: argparse.Namespace) -> int:
         return 0
     assignment = split_patients(rows, val=args.val, test=args.test, seed=args.seed)
     folds = kfold_patients(rows, k=args.folds, seed=args.seed) if args.folds else None
-    out = write_split(rows, assignment, folds, args.manifest)
+    out = write_split(rows, assignment, folds, split_path(args.manifest))
     print(summary_table(rows, assignment))
     print(f"split written to {out}")
     return 0
+
+
+# --------------------------------------------------------------------------- train
+def _add_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="run config TOML (see configs/)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=2 --set model.name=r3d_34")
+    p.add_argument("--out", help="run folder (default runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint_last.pt")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from ctcovid.config import apply_overrides, load_toml
+    from ctcovid.train.config import run_config_from_dict
+    from ctcovid.train.run import fit
+
+    raw = apply_overrides(load_toml(args.config), args.set)
+    cfg = run_config_from_dict(raw, Path(args.config).parent)
+    out = Path(args.out or Path("runs") / Path(args.config).stem)
+    result = fit(cfg, out, resume=args.resume, config_dict=cfg.to_dict(),
+                 batch_progress=_batch_progress(cfg.train.epochs), cache_progress=_cache_progress())
+    last = result.history[-1] if result.history else {}
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun only rank 0 reports
+    print(f"trained {result.epochs_run} epoch(s) into {out}; best {result.best}; last {last}")
+    return 0
+
+
+def _cache_progress() -> Callable[[int, int], None]:
+    state = {"bar": None}
+
+    def tick(done: int, total: int) -> None:
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            if state["bar"] is None:
+                state["bar"] = tqdm(total=total, desc="preprocess", unit="scan")
+            bar = state["bar"]
+            bar.n = done  # type: ignore[attr-defined]
+            bar.refresh()  # type: ignore[attr-defined]
+            if done >= total:
+                bar.close()  # type: ignore[attr-defined]
+        elif done == total or done % max(1, total // 4) == 0:
+            print(f"preprocess: {done}/{total} scans cached", file=sys.stderr)
+
+    return tick
+
+
+def _batch_progress(epochs: int) -> Callable[[int], Callable[[int, int, dict[str, float]], None]]:
+    """A per-epoch progress bar (loss, samples/s, ETA) on a TTY; nothing per batch otherwise."""
+
+    def for_epoch(epoch: int) -> Callable[[int, int, dict[str, float]], None]:
+        bar: Any = None
+
+        def tick(done: int, total: int, stats: dict[str, float]) -> None:
+            nonlocal bar
+            if not sys.stderr.isatty():
+                return
+            if bar is None:
+                from tqdm import tqdm
+
+                bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False)
+            bar.n = done
+            bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items()}, refresh=True)
+            if done >= total:
+                bar.close()
+
+        return tick
+
+    return for_epoch
 
 
 # --------------------------------------------------------------------------- demo
@@ -240,6 +311,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "import": ("turn a dataset folder into a checked manifest CSV", _add_import, _run_import),
     "inspect": ("read a scan and report its geometry, HU range and warnings", _add_inspect, _run_inspect),
     "split": ("patient-level train/val/test split of a manifest", _add_split, _run_split),
+    "train": ("train a model from a config file", _add_train, _run_train),
     "synth": ("generate a synthetic chest CT cohort", _add_synth, _run_synth),
 }
 

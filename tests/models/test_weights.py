@@ -74,7 +74,12 @@ def test_monai_projection_bias_is_folded_into_batchnorm() -> None:
 
 def _hara_checkpoint(model: nn.Module) -> dict[str, object]:
     """A state dict laid out like kenshohara/3D-ResNets-PyTorch's (DataParallel, nested)."""
-    renames = {"stem.conv.": "conv1.", "stem.bn.": "bn1.", ".shortcut.conv.": ".downsample.0.", ".shortcut.bn.": ".downsample.1."}
+    renames = {
+        "stem.conv.": "conv1.",
+        "stem.bn.": "bn1.",
+        ".shortcut.conv.": ".downsample.0.",
+        ".shortcut.bn.": ".downsample.1.",
+    }
     state = {}
     for key, value in model.state_dict().items():
         for ours, theirs in renames.items():

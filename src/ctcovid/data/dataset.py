@@ -74,3 +74,63 @@ class ScanDataset(Dataset[tuple[torch.Tensor, int, dict[str, Any]]]):
         array = self.transform(load_row_volume(row, self.root))
         meta = {"scan_id": row.scan_id, "patient_id": row.patient_id, "index": index}
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), self.target(index), meta
+
+
+class CachedDataset(Dataset[tuple[torch.Tensor, int, dict[str, Any]]]):
+    """Training/evaluation samples from a :class:`~ctcovid.data.cache.PreprocessCache`.
+
+    In ``stack`` depth mode every chunk of ``chunk_depth`` slices is a sample labelled with its
+    scan's label (the diagnosis paper); otherwise every scan is one sample. ``meta`` holds
+    ``scan_id``, ``patient_id``, the chunk index and slice range, so predictions can be grouped.
+    With ``augment`` set (training), item ``i`` of epoch ``e`` is augmented with the generator
+    seeded by ``(seed, e, i)``: the same on every run, every worker count and after a resume.
+    """
+
+    def __init__(
+        self,
+        rows: Sequence[ManifestRow],
+        cache: Any,  # PreprocessCache (not imported: cache imports this module)
+        label_names: Sequence[str],
+        *,
+        augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
+        seed: int = 0,
+    ) -> None:
+        from ctcovid.preprocess.depth import chunk_ranges
+
+        unknown = sorted({r.label for r in rows} - set(label_names))
+        if unknown:
+            raise ManifestError(f"labels {unknown} are not among the model's labels {list(label_names)}")
+        self.rows, self.cache, self.label_names = list(rows), cache, tuple(label_names)
+        self.augment, self.seed, self.epoch = augment, seed, 0
+        cfg = cache.cfg
+        self.items: list[tuple[int, int, int, int]] = []  # (row, chunk index, start, stop)
+        for i, row in enumerate(self.rows):
+            meta = cache.meta(row)
+            if meta is None:
+                raise ManifestError(f"scan {row.scan_id!r} is not in the cache {cache.dir}; build it first")
+            depth = meta["shape"][1]
+            if cfg.depth_mode == "stack":
+                ranges = chunk_ranges(depth, cfg.chunk_depth, cfg.chunk_stride, cfg.chunk_last, cfg.chunk_short)
+            else:
+                ranges = [(0, depth)]
+            self.items += [(i, k, a, b) for k, (a, b) in enumerate(ranges)]
+        self.chunk_depth = cfg.chunk_depth if cfg.depth_mode == "stack" else None
+        self.targets = [self.label_names.index(self.rows[i].label) for i, *_ in self.items]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, dict[str, Any]]:
+        r, k, start, stop = self.items[index]
+        row = self.rows[r]
+        array = np.array(self.cache.load(row)[:, start:stop], dtype=np.float32)  # a writable copy
+        if self.chunk_depth is not None and stop - start < self.chunk_depth:
+            pad = np.repeat(array[:, -1:], self.chunk_depth - (stop - start), axis=1)  # edge replication
+            array = np.concatenate([array, pad], axis=1)
+        if self.augment is not None:
+            array = self.augment(array, np.random.default_rng([self.seed, self.epoch, index]))
+        meta = {"scan_id": row.scan_id, "patient_id": row.patient_id, "chunk": k, "start": start, "stop": stop}
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), self.targets[index], meta

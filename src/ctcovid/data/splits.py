@@ -86,8 +86,9 @@ def split_path(manifest: str | Path) -> Path:
 
 
 def write_split(rows: Sequence[ManifestRow], assignment: dict[str, str], folds: dict[str, int] | None,
-                manifest: str | Path) -> Path:
-    out = split_path(manifest)
+                out: str | Path) -> Path:
+    """Write the split CSV to ``out`` (see :func:`split_path` for the default next to a manifest)."""
+    out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp")
     with tmp.open("w", newline="") as f:
         w = csv.writer(f)

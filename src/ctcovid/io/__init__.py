@@ -58,6 +58,19 @@ def load_volume(
     p = Path(path)
     if not p.exists():
         raise ScanReadError(p, "no such file or folder", "check the path")
+    try:
+        return _dispatch(p, series_uid=series_uid, spacing_mm=spacing_mm)
+    except ScanReadError:
+        raise
+    except ValueError as e:
+        # Volume() refuses impossible geometry (e.g. zero spacing from a corrupt header) with a
+        # ValueError; it is still a scan that cannot be read, so say so with the path.
+        raise ScanReadError(
+            p, f"the scan's data or geometry is invalid ({e})", "the file is probably corrupt"
+        ) from e
+
+
+def _dispatch(p: Path, *, series_uid: str | None, spacing_mm: tuple[float, float, float] | None) -> Volume:
     if p.is_dir():
         return _load_folder(p, series_uid=series_uid, spacing_mm=spacing_mm)
     if is_nifti_path(p):
@@ -65,7 +78,9 @@ def load_volume(
     if p.suffix.lower() in _ARRAY_SUFFIXES:
         return read_array(p, spacing_mm=spacing_mm)
     if p.suffix.lower() in IMAGE_SUFFIXES:
-        raise ScanReadError(p, "a single slice image is not a 3D scan", "pass the folder holding all the slices")
+        raise ScanReadError(
+            p, "a single slice image is not a 3D scan", "pass the folder holding all the slices"
+        )
     if is_dicom_file(p):
         return read_dicom_series(p, series_uid=series_uid)
     raise ScanReadError(p, "unrecognised file format", f"supported: {_SUPPORTED}")
@@ -81,7 +96,9 @@ def _load_folder(
     files = [e for e in entries if e.is_file() and not e.name.startswith(".")]
     if not files:
         subdirs = [e.name for e in entries if e.is_dir()]
-        hint = f"it holds only folders ({', '.join(subdirs[:5])}); pass one series folder" if subdirs else None
+        hint = (
+            f"it holds only folders ({', '.join(subdirs[:5])}); pass one series folder" if subdirs else None
+        )
         raise ScanReadError(folder, "folder is empty" if not entries else "folder holds no files", hint)
     images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
     others = [f for f in files if f.suffix.lower() not in IMAGE_SUFFIXES]

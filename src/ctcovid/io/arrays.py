@@ -53,7 +53,9 @@ def _check_npz_sizes(path: Path) -> None:
         for info in zf.infolist():
             with zf.open(info) as f:
                 version = npformat.read_magic(f)
-                reader = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
+                reader = (
+                    npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
+                )
                 shape, _, dtype = reader(f)
             need = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
             if need > info.file_size:
@@ -109,21 +111,31 @@ def read_array(path: str | Path, *, spacing_mm: tuple[float, float, float] | Non
                             "save it with numpy.save / numpy.savez") from e  # fmt: skip
     voxels = np.asarray(_pick_voxels(path, arrays))
     if voxels.ndim != 3:
-        raise ScanReadError(path, f"array has shape {voxels.shape}, not a 3D volume", "save a (z, y, x) array")
+        raise ScanReadError(
+            path, f"array has shape {voxels.shape}, not a 3D volume", "save a (z, y, x) array"
+        )
     if voxels.dtype.kind not in "biuf" or voxels.size == 0:
-        raise ScanReadError(path, f"array of dtype {voxels.dtype} and shape {voxels.shape} is not a numeric volume")
+        raise ScanReadError(
+            path, f"array of dtype {voxels.dtype} and shape {voxels.shape} is not a numeric volume"
+        )
     spacing = _meta(path, arrays, "spacing_mm")
     if spacing is not None and np.any(spacing <= 0):
         raise ScanReadError(path, f"'spacing_mm' must be positive, got {spacing.tolist()}")
     origin = _meta(path, arrays, "origin_mm")
     direction = _meta(path, arrays, "direction")
     known = spacing is not None or spacing_mm is not None
-    chosen = spacing if spacing is not None else np.asarray(spacing_mm if spacing_mm is not None else (1.0, 1.0, 1.0))
+    chosen = (
+        spacing
+        if spacing is not None
+        else np.asarray(spacing_mm if spacing_mm is not None else (1.0, 1.0, 1.0))
+    )
     source = ScanSource(format=ScanFormat.NUMPY, path=str(path), n_slices=int(voxels.shape[0]))
     return Volume(
         voxels=voxels.astype(np.float32),
         spacing_mm=(float(chosen[0]), float(chosen[1]), float(chosen[2])),
-        origin_mm=(0.0, 0.0, 0.0) if origin is None else (float(origin[0]), float(origin[1]), float(origin[2])),
+        origin_mm=(0.0, 0.0, 0.0)
+        if origin is None
+        else (float(origin[0]), float(origin[1]), float(origin[2])),
         direction=CANONICAL_DIRECTION if direction is None else direction,
         units=Units.HU,
         source=source,

@@ -19,13 +19,15 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from ctcovid.errors import ScanReadError
+from ctcovid.io.arrays import CANONICAL_DIRECTION
 from ctcovid.types import ScanFormat, ScanSource, Units, Volume
 
 logger = logging.getLogger(__name__)
@@ -33,30 +35,35 @@ logger = logging.getLogger(__name__)
 # Garbage bytes can make pydicom (and the decoders behind it) fail in many ways; each of these has
 # been seen on real or fuzzed files. A file that fails is skipped and named, it never aborts a read.
 _PARSE_ERRORS: tuple[type[BaseException], ...] = (
-    InvalidDicomError,
-    OSError,
-    EOFError,
-    ValueError,
-    TypeError,
-    KeyError,
-    IndexError,
-    AttributeError,
-    NotImplementedError,
-    RuntimeError,
-    OverflowError,
-    MemoryError,
+    InvalidDicomError, BytesLengthException, OSError, EOFError, ValueError, TypeError, KeyError,
+    IndexError, AttributeError, NotImplementedError, RuntimeError, OverflowError, MemoryError,
     struct.error,
-)
+)  # fmt: skip
 
-_HEADER_TAGS = [
-    "SOPClassUID", "Modality", "SeriesDescription", "PatientID", "SeriesInstanceUID",
-    "InstanceNumber", "ImagePositionPatient", "ImageOrientationPatient", "SliceThickness",
-    "SpacingBetweenSlices", "SamplesPerPixel", "NumberOfFrames", "Rows", "Columns", "PixelSpacing",
-    "BitsAllocated", "BitsStored", "PixelRepresentation", "RescaleIntercept", "RescaleSlope",
-]  # fmt: skip
+# The only tags the header pass needs (tag number -> pydicom keyword); US-valued ones in _US_TAGS.
+_HEADER_TAGS = {
+    0x00080016: "SOPClassUID", 0x00080060: "Modality", 0x0008103E: "SeriesDescription",
+    0x00100020: "PatientID", 0x0020000E: "SeriesInstanceUID", 0x00200013: "InstanceNumber",
+    0x00200032: "ImagePositionPatient", 0x00200037: "ImageOrientationPatient",
+    0x00180050: "SliceThickness", 0x00180088: "SpacingBetweenSlices", 0x00280002: "SamplesPerPixel",
+    0x00280008: "NumberOfFrames", 0x00280010: "Rows", 0x00280011: "Columns", 0x00280030: "PixelSpacing",
+    0x00280100: "BitsAllocated", 0x00280101: "BitsStored", 0x00280103: "PixelRepresentation",
+    0x00281052: "RescaleIntercept", 0x00281053: "RescaleSlope",
+}  # fmt: skip
+_US_TAGS = frozenset({0x00280002, 0x00280010, 0x00280011, 0x00280100, 0x00280101, 0x00280103})
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
+)
+_HEADER_CHUNK = 65536  # headers before the pixel data are a few kB; bigger ones go through pydicom
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
 _MAX_SIDE = 16384  # larger "images" come from corrupt headers; refusing them avoids huge allocations
 _POSITION_TOL_MM = 0.01  # positions closer than this are the same slice
+
+
+def _describe(e: BaseException, limit: int = 200) -> str:
+    """One short line for a skipped-file reason (pydicom messages can quote kilobytes of bytes)."""
+    text = f"{type(e).__name__}: {e}".replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class _NotUsable(ValueError):
@@ -97,15 +104,87 @@ def _floats(value: object, n: int) -> np.ndarray | None:
     return arr if arr.shape == (n,) and np.all(np.isfinite(arr)) else None
 
 
-def _read_header(path: Path) -> _Header:
-    """Parse the tags we need; raises _NotUsable (with the reason) or one of _PARSE_ERRORS."""
+class _Unsupported(Exception):
+    """The fast header walker met something it leaves to pydicom (not an error in the file)."""
+
+
+def _walk(buf: bytes, pos: int, explicit: bool, out: dict[str, Any] | None, depth: int) -> int:
+    """Walk data elements from ``pos``; return the offset of the top-level PixelData tag, of the
+    byte after a delimiter (nested), or ``len(buf)``. Values of wanted top-level tags go to ``out``."""
+    if depth > 8:
+        raise _Unsupported("deeply nested sequences")
+    n = len(buf)
+    while pos + 8 <= n:
+        group, elem = struct.unpack_from("<HH", buf, pos)
+        tag = (group << 16) | elem
+        if tag in (0xFFFEE00D, 0xFFFEE0DD):  # item / sequence delimitation
+            return pos + 8
+        if tag == 0x7FE00010 and depth == 0:
+            return pos
+        vr = buf[pos + 4 : pos + 6] if explicit and group != 0xFFFE else b""
+        if vr in _LONG_VRS:
+            start, length = pos + 12, struct.unpack_from("<I", buf, pos + 8)[0] if pos + 12 <= n else 0
+        elif vr:
+            start, length = pos + 8, struct.unpack_from("<H", buf, pos + 6)[0]
+        else:
+            start, length = pos + 8, struct.unpack_from("<I", buf, pos + 4)[0]
+        if length == 0xFFFFFFFF:  # undefined length: a sequence or an item; UN content is implicit VR
+            pos = _walk(buf, start, explicit and vr != b"UN", None, depth + 1)
+            continue
+        if start + length > n:
+            raise _Unsupported("element runs past the bytes read")
+        if out is not None and tag in _HEADER_TAGS:
+            if tag in _US_TAGS:
+                out[_HEADER_TAGS[tag]] = struct.unpack_from("<H", buf, start)[0] if length >= 2 else None
+            else:
+                text = buf[start : start + length].decode("latin-1").strip("\x00 ")
+                out[_HEADER_TAGS[tag]] = text.split("\\") if "\\" in text else text
+        pos = start + length
+    return n
+
+
+def _fast_fields(path: Path) -> tuple[str, dict[str, Any], int, int]:
+    """(transfer syntax, wanted tag values, PixelData offset, file size) by a plain byte walk.
+
+    Parsing a header with pydicom costs ~0.6 ms per file, most of the time of reading a 300-slice
+    series; this walker needs ~0.1 ms. It handles the common case (preamble, little-endian
+    dataset, header shorter than _HEADER_CHUNK) and raises _Unsupported for anything else.
+    """
+    with open(path, "rb") as f:
+        buf = f.read(_HEADER_CHUNK)
+        size = f.seek(0, 2)
+    if buf[128:132] != b"DICM":
+        raise _Unsupported("no preamble")
+    meta: dict[str, Any] = {}
+    pos = 132
+    while pos + 8 <= len(buf) and buf[pos : pos + 2] == b"\x02\x00":  # group 0002, explicit VR LE
+        long_vr = buf[pos + 4 : pos + 6] in _LONG_VRS
+        start = pos + (12 if long_vr else 8)
+        length = struct.unpack_from("<I" if long_vr else "<H", buf, pos + (8 if long_vr else 6))[0]
+        if buf[pos + 2 : pos + 4] == b"\x10\x00":
+            meta["ts"] = buf[start : start + length].decode("latin-1").strip("\x00 ")
+        pos = start + length
+    ts = str(meta.get("ts", ""))
+    # Every other transfer syntax (encapsulated ones included) encodes the dataset explicit VR LE.
+    if not ts or ts in ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"):  # deflated, big endian
+        raise _Unsupported(f"transfer syntax {ts!r}")
+    fields: dict[str, Any] = {}
+    offset = _walk(buf, pos, ts != ImplicitVRLittleEndian, fields, 0)
+    if buf[offset : offset + 4] != _PIXEL_DATA_TAG:
+        raise _Unsupported("pixel data not found in the first bytes")
+    return ts, fields, offset, size
+
+
+def _pydicom_fields(path: Path) -> tuple[str, dict[str, Any], int, int]:
+    """Same as _fast_fields through pydicom (any transfer syntax, files without preamble)."""
     with open(path, "rb") as f:
         f.seek(128)
         has_preamble = f.read(4) == b"DICM"
         f.seek(0)
         # force=True only for files without the preamble (old ACR-NEMA style exports); their content
         # is then checked below, so a random file is not mistaken for DICOM.
-        ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=_HEADER_TAGS, force=not has_preamble)
+        tags = list(_HEADER_TAGS.values())
+        ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=tags, force=not has_preamble)
         offset = f.tell()
         at_pixels = f.read(4) == _PIXEL_DATA_TAG
         size = f.seek(0, 2)
@@ -113,6 +192,17 @@ def _read_header(path: Path) -> _Header:
         raise _NotUsable("not a DICOM file (no 'DICM' preamble and no DICOM image tags)")
     if not at_pixels:
         raise _NotUsable("no pixel data (not an image: DICOMDIR, report or other non-image object)")
+    meta = getattr(ds, "file_meta", None)
+    ts = str(meta.get("TransferSyntaxUID", ImplicitVRLittleEndian)) if meta else ImplicitVRLittleEndian
+    return ts, {kw: ds.get(kw) for kw in tags}, offset, size
+
+
+def _read_header(path: Path) -> _Header:
+    """Parse the tags we need; raises _NotUsable (with the reason) or one of _PARSE_ERRORS."""
+    try:
+        ts, ds, offset, size = _fast_fields(path)
+    except _Unsupported:
+        ts, ds, offset, size = _pydicom_fields(path)
     if int(ds.get("NumberOfFrames") or 1) > 1:
         raise _NotUsable("multi-frame (enhanced) DICOM is not supported; export single-frame slices")
     if int(ds.get("SamplesPerPixel") or 1) != 1:
@@ -122,13 +212,13 @@ def _read_header(path: Path) -> _Header:
         raise _NotUsable(f"implausible image size Rows={rows} Columns={cols}")
     ps = _floats(ds.get("PixelSpacing"), 2)
     thick = _floats([ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or "nan"], 1)
-    meta = getattr(ds, "file_meta", None)
+    bits = int(ds.get("BitsAllocated") or 16)
     return _Header(
         path=path,
         series_uid=str(ds.get("SeriesInstanceUID") or ""),
         description=str(ds.get("SeriesDescription") or ""),
         modality=str(ds.get("Modality") or ""),
-        patient_id=str(ds.PatientID) if ds.get("PatientID") else None,
+        patient_id=str(ds["PatientID"]) if ds.get("PatientID") else None,
         rows=rows,
         cols=cols,
         position=_floats(ds.get("ImagePositionPatient"), 3),
@@ -138,9 +228,9 @@ def _read_header(path: Path) -> _Header:
         instance=int(ds.get("InstanceNumber") or 0),
         slope=float(ds.get("RescaleSlope") or 1.0),
         intercept=float(ds.get("RescaleIntercept") or 0.0),
-        transfer_syntax=str(meta.get("TransferSyntaxUID", ImplicitVRLittleEndian)) if meta else ImplicitVRLittleEndian,
-        bits_allocated=int(ds.get("BitsAllocated") or 16),
-        bits_stored=int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16),
+        transfer_syntax=ts,
+        bits_allocated=bits,
+        bits_stored=int(ds.get("BitsStored") or bits),
         signed=int(ds.get("PixelRepresentation") or 0) == 1,
         pixel_offset=offset,
         file_size=size,
@@ -157,7 +247,9 @@ def is_dicom_file(path: str | Path) -> bool:
                 return True
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, force=True, stop_before_pixels=True, specific_tags=["SOPClassUID", "Rows"])
+            ds = pydicom.dcmread(
+                path, force=True, stop_before_pixels=True, specific_tags=["SOPClassUID", "Rows"]
+            )
     except _PARSE_ERRORS:
         return False
     return "SOPClassUID" in ds or "Rows" in ds
@@ -182,7 +274,7 @@ def _raw_fast(h: _Header) -> np.ndarray | None:
         if elem[:4] != _PIXEL_DATA_TAG or length < nbytes or length == 0xFFFFFFFF:
             return None
         raw = np.empty((h.rows, h.cols), dtype=dtype)
-        if f.readinto(memoryview(raw).cast("B")) != nbytes:
+        if f.readinto(raw.reshape(-1).view(np.uint8).data) != nbytes:
             return None
     return _fix_bits(raw, h)
 
@@ -212,7 +304,7 @@ def _decode_into(h: _Header, out: np.ndarray) -> str | None:
         if raw is None:
             raw = _raw_pydicom(h)
     except _PARSE_ERRORS as e:
-        return f"pixel data could not be decoded ({type(e).__name__}: {e})"
+        return f"pixel data could not be decoded ({_describe(e)})"
     if h.slope == 1.0:
         np.add(raw, np.float32(h.intercept), out=out, casting="unsafe")
     else:
@@ -270,16 +362,14 @@ def _majority(hs: list[_Header], key: str, skipped: list[tuple[str, str]]) -> li
     return [h for h in hs if values(h) == best]
 
 
-def _order_and_spacing(
+def _sort_along_normal(
     hs: list[_Header], skipped: list[tuple[str, str]], warns: list[str]
-) -> tuple[list[_Header], np.ndarray, np.ndarray]:
-    """Sort slices along the normal, drop duplicates; returns (headers, normal, positions on it)."""
+) -> tuple[list[_Header], np.ndarray | None]:
+    """Sort slices by position along the normal and drop duplicates; returns (headers, normal)."""
     with_pos = [h for h in hs if h.position is not None and h.iop is not None]
     if not with_pos:
         warns.append("no ImagePositionPatient/ImageOrientationPatient: slices ordered by InstanceNumber")
-        ordered = sorted(hs, key=lambda h: h.instance)
-        dz = ordered[0].thickness or 1.0
-        return ordered, np.array([0.0, 0.0, 1.0]), np.arange(len(ordered)) * dz
+        return sorted(hs, key=lambda h: h.instance), None
     for h in hs:
         if h.position is None or h.iop is None:
             skipped.append((str(h.path), "no ImagePositionPatient/ImageOrientationPatient"))
@@ -289,12 +379,13 @@ def _order_and_spacing(
     kept = [ordered[0]]
     for h in ordered[1:]:
         if proj[id(h)] - proj[id(kept[-1])] < _POSITION_TOL_MM:
-            skipped.append((str(h.path), f"duplicate position {proj[id(h)]:.3f} mm (same as {kept[-1].path.name})"))
+            reason = f"duplicate position {proj[id(h)]:.3f} mm (same as {kept[-1].path.name})"
+            skipped.append((str(h.path), reason))
         else:
             kept.append(h)
     if len(kept) < len(ordered):
         warns.append(f"{len(ordered) - len(kept)} slice(s) with a duplicate position dropped")
-    return kept, normal, np.array([proj[id(h)] for h in kept])
+    return kept, normal
 
 
 def _check_spacing(pos: np.ndarray, warns: list[str]) -> float:
@@ -324,7 +415,7 @@ def _scan_headers(files: Sequence[Path], skipped: list[tuple[str, str]]) -> list
         except _NotUsable as e:
             skipped.append((str(p), str(e)))
         except _PARSE_ERRORS as e:
-            skipped.append((str(p), f"not a readable DICOM file ({type(e).__name__}: {e})"))
+            skipped.append((str(p), f"not a readable DICOM file ({_describe(e)})"))
     return headers
 
 
@@ -370,7 +461,7 @@ def read_dicom_series(path: str | Path, *, series_uid: str | None = None, worker
             warns.append(f"{len(other)} other series in the folder not read (see other_series)")
         chosen = _majority(chosen, "size", skipped)
         chosen = _majority(chosen, "orientation", skipped)
-        chosen, normal, _ = _order_and_spacing(chosen, skipped, warns)
+        chosen, normal = _sort_along_normal(chosen, skipped, warns)
 
         out = np.empty((len(chosen), chosen[0].rows, chosen[0].cols), dtype=np.float32)
         # Threads overlap file reads and numpy conversions (both release the GIL).
@@ -393,7 +484,7 @@ def _assemble(
     path: Path,
     voxels: np.ndarray,
     chosen: list[_Header],
-    normal: np.ndarray,
+    normal: np.ndarray | None,
     uid: str,
     other: list[str],
     skipped: list[tuple[str, str]],
@@ -401,14 +492,14 @@ def _assemble(
 ) -> Volume:
     first = chosen[0]
     spacing_known = True
-    if first.position is not None and first.iop is not None:
+    if normal is not None and first.position is not None and first.iop is not None:
         pos = np.array([float(np.dot(h.position, normal)) for h in chosen])  # type: ignore[arg-type]
         dz = _check_spacing(pos, warns) if len(chosen) > 1 else (first.thickness or 1.0)
         row_cos, col_cos = first.iop[:3], first.iop[3:]
         direction = np.column_stack([normal, col_cos, row_cos])
         origin = tuple(float(v) for v in first.position)
     else:
-        dz, direction, origin = first.thickness or 1.0, np.eye(3), (0.0, 0.0, 0.0)
+        dz, direction, origin = first.thickness or 1.0, CANONICAL_DIRECTION, (0.0, 0.0, 0.0)
     if len(chosen) == 1:
         warns.append(f"single-slice series: z spacing {dz} mm taken from the header")
     if first.pixel_spacing is None:

@@ -71,22 +71,42 @@ def read_nifti(path: str | Path) -> Volume:
         ScanReadError: unreadable or corrupt file, not 3D, or an unusable affine.
     """
     import nibabel as nib
-    from nibabel import orientations as ornt
 
     path = Path(path)
+    # nibabel reports the header fields it repairs through its own stderr handler; library code
+    # must not print, and a header broken enough to matter fails below with a ScanReadError.
+    # (nibabel's LoggingOutputSuppressor leaves Python's last-resort handler printing.)
+    nib_logger = nib.imageglobals.logger
+    level = nib_logger.level
+    nib_logger.setLevel(logging.CRITICAL + 1)
+    try:
+        return _read_nifti(path)
+    finally:
+        nib_logger.setLevel(level)
+
+
+def _read_nifti(path: Path) -> Volume:
+    import nibabel as nib
+    from nibabel import orientations as ornt
+
     errors = _nibabel_errors()
     try:
-        img = nib.load(str(path))
-        shape = tuple(int(s) for s in img.shape)
-        dtype = np.dtype(img.get_data_dtype())
+        loaded = nib.load(str(path))
     except errors as e:
         raise ScanReadError(
             path, f"not a readable NIfTI file ({type(e).__name__}: {e})", "check the file is complete"
         ) from e
+    if not isinstance(loaded, nib.spatialimages.SpatialImage) or loaded.affine is None:
+        raise ScanReadError(path, f"{type(loaded).__name__} is not a NIfTI image with an affine")
+    img = loaded
+    shape = tuple(int(s) for s in img.shape)
+    dtype = np.dtype(img.get_data_dtype())
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
     if len(shape) != 3 or min(shape) < 1:
-        raise ScanReadError(path, f"NIfTI data has shape {tuple(img.shape)}, not a 3D volume", "pass a 3D scan")
+        raise ScanReadError(
+            path, f"NIfTI data has shape {tuple(img.shape)}, not a 3D volume", "pass a 3D scan"
+        )
     n_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     file_size = path.stat().st_size
     limit = file_size * (_MAX_GZIP_RATIO if path.name.lower().endswith(".gz") else 1)
@@ -95,12 +115,16 @@ def read_nifti(path: str | Path) -> Volume:
                             "the file is truncated or its header is corrupt")  # fmt: skip
     affine = np.asarray(img.affine, dtype=np.float64)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise ScanReadError(path, f"NIfTI affine is singular or not finite:\n{affine}", "fix the header (sform/qform)")
+        raise ScanReadError(
+            path,
+            f"NIfTI affine is singular or not finite: {affine.round(4).tolist()}",
+            "fix the header (sform/qform)",
+        )
     try:
         data = np.asarray(img.dataobj).reshape(shape)
     except errors as e:
         raise ScanReadError(path, f"voxel data could not be read ({type(e).__name__}: {e})",
-                            "the file is truncated or corrupt")  # fmt: skip
+                            "the file is truncated or corrupt") from e  # fmt: skip
 
     # Reorient (flips/transposes only) so that array axes point S, P, L in nibabel's RAS world.
     current = ornt.io_orientation(affine)

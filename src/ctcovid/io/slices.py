@@ -32,8 +32,8 @@ _NUMBER = re.compile(r"(\d+)")
 def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
     """Sort key that orders the digit runs of ``name`` numerically: ``2.png`` < ``10.png``."""
     parts = _NUMBER.split(name)
-    # (0, text) / (1, number) pairs keep text and numbers comparable in any position.
-    return tuple((1, int(p)) if p.isdigit() else (0, p.lower()) for p in parts if p)
+    # (0, number) / (1, text) pairs keep text and numbers comparable in any position, numbers first.
+    return tuple((0, int(p)) if p.isdecimal() else (1, p.lower()) for p in parts if p)
 
 
 def _image_errors() -> tuple[type[BaseException], ...]:
@@ -74,7 +74,9 @@ def _to_gray(path: Path) -> np.ndarray:
 def list_slice_images(folder: Path) -> list[Path]:
     """Image files of ``folder`` (by suffix, hidden files ignored) in natural order."""
     files = [
-        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
     ]
     return sorted(files, key=lambda p: natural_key(p.name))
 
@@ -127,7 +129,9 @@ def read_slice_folder(
         kept: list[Path] = []
         for p, size in sizes.items():
             if size != best:
-                skipped.append((str(p), f"image size {size[0]}x{size[1]} differs from the majority {best[0]}x{best[1]}"))
+                skipped.append(
+                    (str(p), f"image size {size[0]}x{size[1]} differs from the majority {best[0]}x{best[1]}")
+                )
                 continue
             try:
                 arr = _to_gray(p)

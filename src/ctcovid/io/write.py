@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
+    UID,
     CTImageStorage,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -87,8 +88,8 @@ def write_dicom_series(
         series_description: SeriesDescription.
         modality: Modality, "CT" unless you want a reader to meet something else.
         transfer_syntax: "explicit_le" (uncompressed, default), "rle" (RLE Lossless),
-            "jpeg2000" (JPEG 2000 Lossless, via pylibjpeg-openjpeg) or "jpegls" (JPEG-LS
-            Lossless; needs the ``pyjpegls`` package).
+            "jpeg2000" (JPEG 2000 Lossless via pylibjpeg-openjpeg; slices of at least 32x32)
+            or "jpegls" (JPEG-LS Lossless; needs the ``pyjpegls`` package).
 
     Returns:
         The written paths, in slice order (axis 0 ascending).
@@ -113,6 +114,9 @@ def write_dicom_series(
             )
 
     voxels = volume.voxels
+    if transfer_syntax == "jpeg2000" and min(voxels.shape[1:]) < 32:
+        # openjpeg's encoder always uses 6 wavelet resolutions, which need 32 pixels per side.
+        raise ValueError(f"jpeg2000 needs slices of at least 32x32 pixels, got {voxels.shape[1:]}; use 'rle'")
     if not np.all(np.isfinite(voxels)):
         raise ValueError("volume has NaN or infinite voxels; DICOM int16 pixels cannot hold them")
     intercept = -1024.0
@@ -126,6 +130,15 @@ def write_dicom_series(
     stored = stored_f.astype(np.int16)
 
     normal, col_cos, row_cos = _affine_parts(volume)
+    if float(np.dot(normal, np.cross(row_cos, col_cos))) < 0:
+        # DICOM has no slice-normal attribute: readers take row x column as the normal, so a stack
+        # running the other way (e.g. an identity direction) comes back in reverse slice order.
+        logger.warning(
+            "direction axis 0 %s points against row x column %s: readers will return the slices in "
+            "reverse order (geometry stays consistent); use the canonical direction of ctcovid.types",
+            normal.tolist(),
+            np.cross(row_cos, col_cos).tolist(),
+        )
     sz, sy, sx = volume.spacing_mm
     origin = np.asarray(volume.origin_mm, dtype=np.float64)
     if series_uid is None:
@@ -189,9 +202,9 @@ def _slice_dataset(
 ) -> Dataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = _IMPLEMENTATION_UID
+    meta.ImplementationClassUID = UID(_IMPLEMENTATION_UID)
 
     ds = Dataset()
     ds.file_meta = meta
@@ -269,9 +282,15 @@ def write_nifti(volume: Volume, path: str | Path) -> Path:
     voxels = volume.voxels
     data: np.ndarray = voxels
     finite = bool(np.all(np.isfinite(voxels)))
-    if finite and voxels.size and np.array_equal(voxels, np.rint(voxels)):
-        if voxels.min() >= _INT16_MIN and voxels.max() <= _INT16_MAX:
-            data = voxels.astype(np.int16)
+    exact_int16 = (
+        finite
+        and voxels.size > 0
+        and np.array_equal(voxels, np.rint(voxels))
+        and voxels.min() >= _INT16_MIN
+        and voxels.max() <= _INT16_MAX
+    )
+    if exact_int16:
+        data = voxels.astype(np.int16)
     affine = _ras_affine(volume)
     img = nib.Nifti1Image(np.ascontiguousarray(data.transpose(2, 1, 0)), affine)
     img.set_qform(affine, code=1)
@@ -308,7 +327,7 @@ def write_slices(
     if volume.units is Units.DISPLAY:
         img8 = np.clip(np.rint(volume.voxels), 0, 255).astype(np.uint8)
     else:
-        scaled = (volume.voxels.astype(np.float64) - (level - width / 2.0)) * (255.0 / width)
+        scaled = (volume.voxels.astype(np.float64) - (level - width / 2.0)) * 255.0 / width
         img8 = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ COVID-Net CT-S (:mod:`.ct_s`) and the 2D slice baseline (:mod:`.resnet2d`), the 
 * ``spatial_dims`` (2 or 3) picks ``Conv2d``/``Conv3d``, ``BatchNorm2d``/``3d``, pooling;
 * ``conv`` (a :data:`ConvBuilder`) builds the 3x3(x3) convolution inside a block, so R(2+1)D
   swaps in its factored convolution without copying the blocks;
-* ``stem`` is any module mapping the input to ``stem_channels``.
+* ``stem`` builds any module mapping the input to ``stem_channels``.
 
 Parameter and buffer names follow torchvision/Hara/MONAI inside the blocks (``conv1``, ``bn1``,
 ...), so checkpoints from those code bases map onto ours by renaming a few keys
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -193,15 +193,18 @@ class ResNetStem(nn.Sequential):
         max_pool: bool = True,
     ) -> None:
         spatial_dims = len(kernel_size)
+        if len(stride) != spatial_dims:
+            raise ModelArgumentError(
+                f"stem stride {tuple(stride)} and kernel {tuple(kernel_size)} differ in length"
+            )
+        # Tuples of length spatial_dims; typed loosely because Conv2d/Conv3d want fixed lengths.
+        geometry: dict[str, Any] = {
+            "kernel_size": tuple(kernel_size),
+            "stride": tuple(stride),
+            "padding": tuple(k // 2 for k in kernel_size),  # "same" size before the stride
+        }
         layers: OrderedDict[str, nn.Module] = OrderedDict(
-            conv=conv_nd(spatial_dims)(
-                in_channels,
-                out_channels,
-                kernel_size=tuple(kernel_size),
-                stride=tuple(stride),
-                padding=tuple(k // 2 for k in kernel_size),
-                bias=False,
-            ),
+            conv=conv_nd(spatial_dims)(in_channels, out_channels, bias=False, **geometry),
             bn=_norm(spatial_dims, out_channels),
             relu=nn.ReLU(inplace=True),
         )
@@ -221,7 +224,8 @@ class ResNet(nn.Module):
     Args:
         block: :class:`BasicBlock` or :class:`Bottleneck`.
         layers: Number of blocks in each of the four stages.
-        stem: Module mapping ``(B, in_channels, *spatial)`` to ``stem_channels`` channels.
+        stem: Called with ``in_channels`` (after it is validated) to build the module mapping
+            ``(B, in_channels, *spatial)`` to ``stem_channels`` channels.
         in_channels: Input channels (checked in ``forward`` for a readable error).
         num_classes: Output logits.
         dropout: Dropout probability before the linear head (0 disables it).
@@ -240,7 +244,7 @@ class ResNet(nn.Module):
         *,
         block: type[BasicBlock | Bottleneck],
         layers: Sequence[int],
-        stem: nn.Module,
+        stem: Callable[[int], nn.Module],
         in_channels: int,
         num_classes: int,
         dropout: float = 0.0,
@@ -256,13 +260,15 @@ class ResNet(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ModelArgumentError(f"dropout must be in [0, 1), got {dropout!r}")
         if len(layers) != 4 or len(widths) != 4:
-            raise ModelArgumentError(f"layers and widths need 4 stages, got {list(layers)} and {list(widths)}")
+            raise ModelArgumentError(
+                f"layers and widths need 4 stages, got {list(layers)} and {list(widths)}"
+            )
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.spatial_dims = spatial_dims
         conv = conv or full_conv(spatial_dims)
 
-        self.stem = stem
+        self.stem = stem(in_channels)
         channels = stem_channels
         stages = []
         for i, (n_blocks, width) in enumerate(zip(layers, widths, strict=True)):

@@ -48,7 +48,9 @@ class Conv2Plus1d(nn.Sequential):
                 ),
                 bn=nn.BatchNorm3d(mid),
                 relu=nn.ReLU(inplace=True),
-                depth=nn.Conv3d(mid, out_channels, (3, 1, 1), stride=(stride, 1, 1), padding=(1, 0, 0), bias=False),
+                depth=nn.Conv3d(
+                    mid, out_channels, (3, 1, 1), stride=(stride, 1, 1), padding=(1, 0, 0), bias=False
+                ),
             )
         )
 
@@ -65,7 +67,9 @@ class R2Plus1dStem(nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int = 64, mid: int = 45) -> None:
         super().__init__(
             OrderedDict(
-                spatial=nn.Conv3d(in_channels, mid, (1, 7, 7), stride=(1, 2, 2), padding=(0, 3, 3), bias=False),
+                spatial=nn.Conv3d(
+                    in_channels, mid, (1, 7, 7), stride=(1, 2, 2), padding=(0, 3, 3), bias=False
+                ),
                 bn_spatial=nn.BatchNorm3d(mid),
                 relu_spatial=nn.ReLU(inplace=True),
                 depth=nn.Conv3d(mid, out_channels, (3, 1, 1), padding=(1, 0, 0), bias=False),
@@ -87,7 +91,7 @@ def r2plus1d(
     return ResNet(
         block=BasicBlock,
         layers=layers,
-        stem=R2Plus1dStem(in_channels),
+        stem=R2Plus1dStem,
         in_channels=in_channels,
         num_classes=num_classes,
         dropout=dropout,

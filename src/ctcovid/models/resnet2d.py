@@ -15,6 +15,7 @@ within a patient volume and performing majority vote on the predictions" (59.0% 
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal
 
 import torch
@@ -40,7 +41,7 @@ def resnet50_2d(*, in_channels: int = 1, num_classes: int = 3, dropout: float = 
     return ResNet(
         block=Bottleneck,
         layers=[3, 4, 6, 3],
-        stem=ResNetStem(in_channels, 64, kernel_size=(7, 7), stride=(2, 2)),
+        stem=partial(ResNetStem, out_channels=64, kernel_size=(7, 7), stride=(2, 2)),
         in_channels=in_channels,
         num_classes=num_classes,
         dropout=dropout,
@@ -112,9 +113,13 @@ class SliceVoteModel(nn.Module):
     ) -> None:
         super().__init__()
         if method not in _METHODS:
-            raise ModelArgumentError(f"unknown aggregation method {method!r}; use one of {', '.join(_METHODS)}")
+            raise ModelArgumentError(
+                f"unknown aggregation method {method!r}; use one of {', '.join(_METHODS)}"
+            )
         if slice_batch_size is not None and slice_batch_size < 1:
-            raise ModelArgumentError(f"slice_batch_size must be a positive integer or None, got {slice_batch_size!r}")
+            raise ModelArgumentError(
+                f"slice_batch_size must be a positive integer or None, got {slice_batch_size!r}"
+            )
         self.model = model2d
         self.method: AggregationMethod = method
         self.slice_batch_size = slice_batch_size
@@ -123,7 +128,9 @@ class SliceVoteModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 5:
-            raise ModelArgumentError(f"SliceVoteModel expects volumes (B, C, D, H, W), got shape {tuple(x.shape)}")
+            raise ModelArgumentError(
+                f"SliceVoteModel expects volumes (B, C, D, H, W), got shape {tuple(x.shape)}"
+            )
         b, c, d, h, w = x.shape
         slices = x.transpose(1, 2).reshape(b * d, c, h, w)  # (B * D, C, H, W), volume-major
         if self.slice_batch_size is None:

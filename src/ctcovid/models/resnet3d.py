@@ -1,8 +1,10 @@
-"""3D ResNets of Hara et al. (2017), as used for COVID-19 / pneumonia / normal CT diagnosis.
+"""3D ResNets of Hara et al. (2018; cited as 2017), as used for COVID-19 / pneumonia / normal CT diagnosis.
 
-Architecture of Table 3 of "3D ResNets for COVID-19 diagnosis on CC-CCII" (medRxiv
-2021.01.21.21249999), itself "Can Spatiotemporal 3D CNNs Retrace the History of 2D CNNs and
-ImageNet?" (Hara, Kataoka & Satoh, CVPR 2018; arXiv:1711.09577):
+Architecture of Table 3 of Li, Pei & Guo, "A 3D CNN Classification Model for Accurate
+Diagnosis of Coronavirus Disease 2019 using Computed Tomography Images" (medRxiv
+10.1101/2021.01.21.21249999, 2021; "the diagnosis paper" below), itself taken from "Can
+Spatiotemporal 3D CNNs Retrace the History of 2D CNNs and ImageNet?" (Hara, Kataoka & Satoh,
+CVPR 2018; arXiv:1711.09577):
 
 * conv1 7x7x7, 64 channels, stride 1 in depth and 2 in height/width; BN; ReLU;
 * 3x3x3 max-pool, stride 2;
@@ -19,6 +21,7 @@ bias_downsample=False)`` and checkpoints of MONAI, MedicalNet and Hara's code lo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 from ctcovid.models.blocks import BasicBlock, Bottleneck, ResNet, ResNetStem, ShortcutType
 from ctcovid.models.registry import ModelArgumentError, register_model
@@ -65,15 +68,18 @@ class ResNet3d(ResNet):
         conv1_depth_stride: int = 1,
         max_pool: bool = True,
     ) -> None:
-        for name, value in (("conv1_depth_kernel", conv1_depth_kernel), ("conv1_depth_stride", conv1_depth_stride)):
+        for name, value in (
+            ("conv1_depth_kernel", conv1_depth_kernel),
+            ("conv1_depth_stride", conv1_depth_stride),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise ModelArgumentError(f"{name} must be a positive integer, got {value!r}")
         if conv1_depth_kernel % 2 == 0:
             # An even kernel cannot be padded symmetrically ("same" size), so the depth would shift.
             raise ModelArgumentError(f"conv1_depth_kernel must be odd, got {conv1_depth_kernel}")
-        stem = ResNetStem(
-            in_channels,
-            64,
+        stem = partial(
+            ResNetStem,
+            out_channels=64,
             kernel_size=(conv1_depth_kernel, 7, 7),
             stride=(conv1_depth_stride, 2, 2),
             max_pool=max_pool,
@@ -109,7 +115,7 @@ def r3d_10(
     conv1_depth_stride: int = 1,
     max_pool: bool = True,
 ) -> ResNet3d:
-    """3D ResNet-10, basic blocks [1, 1, 1, 1] (Hara et al. 2018)."""
+    """3D ResNet-10 (Hara et al. 2018), basic blocks [1, 1, 1, 1]."""
     return _basic(
         [1, 1, 1, 1],
         in_channels=in_channels,
@@ -133,7 +139,7 @@ def r3d_18(
     conv1_depth_stride: int = 1,
     max_pool: bool = True,
 ) -> ResNet3d:
-    """3D ResNet-18, basic blocks [2, 2, 2, 2]: the diagnosis paper's best model (Table 3, Table 7)."""
+    """3D ResNet-18 (Hara et al. 2018), basic blocks [2, 2, 2, 2]: the diagnosis paper's best (Tables 3, 7)."""
     return _basic(
         [2, 2, 2, 2],
         in_channels=in_channels,
@@ -157,7 +163,7 @@ def r3d_34(
     conv1_depth_stride: int = 1,
     max_pool: bool = True,
 ) -> ResNet3d:
-    """3D ResNet-34, basic blocks [3, 4, 6, 3] (diagnosis paper, Table 3)."""
+    """3D ResNet-34 (Hara et al. 2018), basic blocks [3, 4, 6, 3]; diagnosis paper Table 3."""
     return _basic(
         [3, 4, 6, 3],
         in_channels=in_channels,
@@ -181,7 +187,7 @@ def r3d_50(
     conv1_depth_stride: int = 1,
     max_pool: bool = True,
 ) -> ResNet3d:
-    """3D ResNet-50, bottlenecks [3, 4, 6, 3] (diagnosis paper, Table 3)."""
+    """3D ResNet-50 (Hara et al. 2018), bottlenecks [3, 4, 6, 3]; diagnosis paper Table 3."""
     return _bottleneck(
         [3, 4, 6, 3],
         in_channels=in_channels,
@@ -205,7 +211,7 @@ def r3d_101(
     conv1_depth_stride: int = 1,
     max_pool: bool = True,
 ) -> ResNet3d:
-    """3D ResNet-101, bottlenecks [3, 4, 23, 3] (Hara et al. 2018)."""
+    """3D ResNet-101 (Hara et al. 2018), bottlenecks [3, 4, 23, 3]."""
     return _bottleneck(
         [3, 4, 23, 3],
         in_channels=in_channels,
@@ -229,7 +235,7 @@ def r3d_152(
     conv1_depth_stride: int = 1,
     max_pool: bool = True,
 ) -> ResNet3d:
-    """3D ResNet-152, bottlenecks [3, 8, 36, 3] (Hara et al. 2018)."""
+    """3D ResNet-152 (Hara et al. 2018), bottlenecks [3, 8, 36, 3]."""
     return _bottleneck(
         [3, 8, 36, 3],
         in_channels=in_channels,
@@ -253,7 +259,7 @@ def r3d_200(
     conv1_depth_stride: int = 1,
     max_pool: bool = True,
 ) -> ResNet3d:
-    """3D ResNet-200, bottlenecks [3, 24, 36, 3] (Hara et al. 2018)."""
+    """3D ResNet-200 (Hara et al. 2018), bottlenecks [3, 24, 36, 3]."""
     return _bottleneck(
         [3, 24, 36, 3],
         in_channels=in_channels,

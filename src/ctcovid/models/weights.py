@@ -117,8 +117,7 @@ def load_pretrained(
         raise WeightLoadError(f"unknown weight source {source!r}; use one of {', '.join(_SOURCES)}")
     checkpoint = _read(path_or_state_dict)
     state = _unwrap(checkpoint)
-    if source == "auto":
-        source = _detect(checkpoint, state)
+    layout: str = _detect(checkpoint, state) if source == "auto" else source
 
     ours = model.state_dict()
     new_state = dict(ours)
@@ -128,13 +127,13 @@ def load_pretrained(
     adapted: list[str] = []
     mismatched: list[str] = []
     biases: dict[str, torch.Tensor] = {}
-    dropped = _DROPPED.get(source)
+    dropped = _DROPPED.get(layout)
 
     for their_key, tensor in state.items():
         if dropped is not None and dropped.search(their_key):
             skipped.append(their_key)
             continue
-        key = their_key if source == "ctcovid" else _rename(their_key)
+        key = their_key if layout == "ctcovid" else _rename(their_key)
         if key.endswith(".shortcut.conv.bias") and key not in ours:
             biases[key] = tensor
             continue
@@ -160,11 +159,13 @@ def load_pretrained(
     # Old checkpoints (PyTorch < 0.4) have no BatchNorm step counters; they only matter for a
     # momentum=None BatchNorm, which we do not use.
     missing = [k for k in ours if k not in filled and not k.endswith("num_batches_tracked")]
-    report = LoadReport(source, tuple(loaded), tuple(missing), tuple(unexpected), tuple(skipped), tuple(adapted))
+    report = LoadReport(
+        layout, tuple(loaded), tuple(missing), tuple(unexpected), tuple(skipped), tuple(adapted)
+    )
 
     body_missing = [k for k in missing if not k.startswith(_HEAD_PREFIX)]
     if strict and (body_missing or unexpected or mismatched):
-        raise WeightLoadError(_mismatch_message(model, source, body_missing, unexpected, mismatched))
+        raise WeightLoadError(_mismatch_message(model, layout, body_missing, unexpected, mismatched))
     model.load_state_dict(new_state)
     logger.info("%s", report.summary())
     for key in (*missing, *unexpected, *mismatched):

@@ -8,7 +8,8 @@ is exactly ``scipy.ndimage.zoom(vol, (depth / D, 1, 1), order=order)`` with scip
 samples beyond the ends here, so no pull towards ``cval``). Because the operation acts on z
 alone it is a linear map ``R^D -> R^depth``: we obtain its ``(depth, D)`` matrix once per
 ``(D, depth, order)`` by letting scipy zoom the identity (prefilter included), then apply it to
-all ``H * W`` columns with one float32 matrix product. Same numbers as scipy (to float32
+all ``H * W`` columns with float32 matrix products (one per block of output slices, reading only
+the input slices whose weights are not negligible). Same numbers as scipy (to float32
 rounding), without the 3D prefilter and per-voxel spline evaluation.
 
 Stacking (CC-CCII 3D ResNet, depth-n study) cuts a scan into consecutive sub-volumes of ``n``
@@ -33,29 +34,49 @@ LAST_POLICIES: tuple[str, ...] = ("shift", "drop", "pad")
 SHORT_POLICIES: tuple[str, ...] = ("pad", "drop")
 
 
+# Output rows are computed in blocks of about this many; each block only reads the input
+# slices its weights reach (the spline prefilter's weights decay as 0.268**distance).
+_ROWS_PER_BLOCK = 5
+_NEGLIGIBLE_WEIGHT = 1e-8  # dropped weights sum to < 1e-6: far below float32 HU rounding
+
+
 @lru_cache(maxsize=64)
-def _zoom_matrix(d_in: int, d_out: int, order: int) -> np.ndarray:
+def _zoom_operator(
+    d_in: int, d_out: int, order: int
+) -> tuple[np.ndarray, tuple[tuple[int, int, int, int], ...]]:
     if d_in == 1:
         # scipy cannot place one sample on a corner-aligned grid; every output slice is the input.
-        return np.ones((d_out, 1), dtype=np.float32)
+        return np.ones((d_out, 1), dtype=np.float32), ((0, d_out, 0, 1),)
     eye = np.eye(d_in, dtype=np.float64)
     # Column j of the operator is the response to a unit impulse at slice j. Zooming the
     # identity with factor 1 on its second axis leaves that axis untouched (grid_mode=False maps
     # integer positions onto themselves and a spline reproduces its samples there).
     matrix = ndi.zoom(eye, (d_out / d_in, 1.0), order=order, mode="constant", grid_mode=False)
     assert matrix.shape == (d_out, d_in), matrix.shape
-    return matrix.astype(np.float32)
+    # The cubic operator is dense (the prefilter is an IIR filter) but numerically banded: a
+    # block of output rows needs only the input slices within ~14 slices of its positions.
+    # Multiplying per block skips the zeros: ~4x fewer flops for 300 -> 40 slices.
+    blocks = []
+    for r0 in range(0, d_out, _ROWS_PER_BLOCK):
+        r1 = min(r0 + _ROWS_PER_BLOCK, d_out)
+        used = np.flatnonzero(np.abs(matrix[r0:r1]).max(axis=0) > _NEGLIGIBLE_WEIGHT)
+        blocks.append((r0, r1, int(used[0]), int(used[-1]) + 1))
+    out = matrix.astype(np.float32)
+    out.flags.writeable = False  # shared by the cache
+    return out, tuple(blocks)
 
 
 def zoom_matrix(d_in: int, d_out: int, order: int = 3) -> np.ndarray:
     """The float32 ``(d_out, d_in)`` matrix of scipy's z-only zoom (see the module docstring)."""
+    _check_zoom_args(d_in, d_out, order)
+    return _zoom_operator(int(d_in), int(d_out), int(order))[0]
+
+
+def _check_zoom_args(d_in: int, d_out: int, order: int) -> None:
     if order not in SPLINE_ORDERS:
         raise ConfigError(f"unknown spline order {order!r} for depth resampling; valid: {SPLINE_ORDERS}")
     if d_in < 1 or d_out < 1:
         raise ValueError(f"depths must be >= 1, got d_in={d_in}, d_out={d_out}")
-    matrix = _zoom_matrix(int(d_in), int(d_out), int(order))
-    matrix.flags.writeable = False  # shared by the cache
-    return matrix
 
 
 def uniformize_depth(array: np.ndarray, depth: int = 40, order: int = 3) -> np.ndarray:
@@ -69,13 +90,17 @@ def uniformize_depth(array: np.ndarray, depth: int = 40, order: int = 3) -> np.n
     if array.ndim != 3:
         raise ValueError(f"uniformize_depth expects (D, H, W), got shape {array.shape}")
     d, h, w = array.shape
-    matrix = zoom_matrix(d, depth, order)
+    _check_zoom_args(d, depth, order)
+    matrix, blocks = _zoom_operator(int(d), int(depth), int(order))
     src = np.asarray(array, dtype=np.float32)
     # A row-cropped (D, h, W) view of a contiguous volume reshapes to a strided 2D matrix
     # without a copy and BLAS reads it in place; this avoids copying a 300-slice volume. (Other
     # views are copied by reshape.)
     columns = src.reshape(d, h * w)
-    return (matrix @ columns).reshape(depth, h, w)
+    out = np.empty((depth, h * w), dtype=np.float32)
+    for r0, r1, c0, c1 in blocks:
+        np.matmul(matrix[r0:r1, c0:c1], columns[c0:c1], out=out[r0:r1])
+    return out.reshape(depth, h, w)
 
 
 def uniformized_spacing_z(spacing_z_mm: float, d_in: int, d_out: int) -> float:

@@ -77,11 +77,11 @@ def fit_box_to_aspect(box: CropBox, aspect_hw: float) -> CropBox:
     if h <= 0 or w <= 0:
         return box
     if h / w < aspect_hw:  # too wide: grow height
-        new_h = int(round(w * aspect_hw))
+        new_h = round(w * aspect_hw)
         grow = new_h - h
         y0 = box.y0 - grow // 2
         return CropBox(box.z0, box.z1, y0, y0 + new_h, box.x0, box.x1)
-    new_w = int(round(h / aspect_hw))
+    new_w = round(h / aspect_hw)
     grow = new_w - w
     x0 = box.x0 - grow // 2
     return CropBox(box.z0, box.z1, box.y0, box.y1, x0, x0 + new_w)
@@ -126,9 +126,7 @@ def resize_inplane(array: np.ndarray, size_hw: tuple[int, int], mode: InplaneMod
     planes = np.asarray(array, dtype=np.float32).reshape(1, -1, *array.shape[-2:])
     # All slices (and channels) go through one call as the channels of a single 2D image:
     # torch parallelises over them, and antialias=False keeps it a plain interpolation.
-    out = F.interpolate(
-        torch.from_numpy(planes), size=(h, w), mode=_TORCH_MODE[mode], **_align_kwargs(mode)
-    )
+    out = F.interpolate(torch.from_numpy(planes), size=(h, w), mode=_TORCH_MODE[mode], **_align_kwargs(mode))
     return out.numpy().reshape(*lead, h, w)
 
 
@@ -137,7 +135,9 @@ def _align_kwargs(mode: str) -> dict[str, bool]:
     return {"align_corners": False, "antialias": False} if mode == "linear" else {}
 
 
-def resized_spacing(spacing_mm: tuple[float, float], n_in_hw: tuple[int, int], size_hw: tuple[int, int]) -> tuple[float, float]:
+def resized_spacing(
+    spacing_mm: tuple[float, float], n_in_hw: tuple[int, int], size_hw: tuple[int, int]
+) -> tuple[float, float]:
     """In-plane spacing after resizing ``n_in_hw`` pixels to ``size_hw`` (extent preserved)."""
     return (
         spacing_mm[0] * n_in_hw[0] / size_hw[0],

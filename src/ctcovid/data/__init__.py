@@ -1,0 +1,1 @@
+"""Assembling datasets: cohort manifests, importers, splits, the synthetic phantom cohort."""

@@ -1,0 +1,136 @@
+"""The run configuration: one TOML file with ``[data]``, ``[preprocess]``, ``[model]``, ``[train]``.
+
+Everything is validated before any work starts; an unknown key, a wrong type, an unknown model or a
+missing manifest fails with a message that names the key and the valid options. See
+``configs/*.toml`` for the papers' recipes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ctcovid.config import apply_overrides, from_dict, load_toml, to_dict
+from ctcovid.errors import ConfigError
+from ctcovid.preprocess.pipeline import PreprocessConfig
+from ctcovid.types import DIAGNOSIS_LABELS, SEVERITY_LABELS
+
+TASK_LABELS = {"diagnosis": DIAGNOSIS_LABELS, "severity": SEVERITY_LABELS}
+METRICS = ("val_auroc", "val_accuracy", "val_f1_macro", "val_loss")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    manifest: str = ""  # manifest CSV (ctcovid import); relative paths are relative to the config file
+    split: str = ""  # split CSV; default <manifest>.split.csv, made with val/test/split_seed if missing
+    val: float = 0.2
+    test: float = 0.2
+    split_seed: int = 0
+    task: Literal["diagnosis", "severity", "custom"] = "diagnosis"
+    labels: tuple[str, ...] = ()  # class names in output order; default from task
+    cache_dir: str = ""  # default: <manifest folder>/.ctcovid_cache
+    workers: int = 0  # preprocessing processes (0: one per CPU core)
+    loader_workers: int = 0  # DataLoader worker processes
+
+    def label_names(self) -> tuple[str, ...]:
+        if self.labels:
+            return self.labels
+        if self.task == "custom":
+            raise ConfigError("data.labels must list the class names when data.task = 'custom'")
+        return TASK_LABELS[self.task]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "r3d_18"
+    dropout: float | None = None  # None: the builder's default (on for CT-S)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra builder arguments
+    pretrained: str = ""  # a MONAI / MedicalNet / Hara state dict file to start from
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 8
+    lr: float = 1e-3
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    weight_decay: float = 0.0
+    step_size: int = 10  # StepLR: lr x gamma every step_size epochs (the diagnosis paper: 10, 0.1)
+    gamma: float = 0.1
+    sampler: Literal["shuffle", "class_uniform"] = "shuffle"
+    loss: Literal["ce", "weighted_ce"] = "ce"
+    augment: bool = True
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
+    channels_last: bool = False
+    grad_accum: int = 1
+    clip_grad_norm: float = 0.0
+    deterministic: bool = False
+    seed: int = 0
+    best_metric: str = "val_auroc"
+    max_bad_steps: int = 20  # non-finite losses tolerated (steps skipped) before the run stops
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # torch intra-op threads (0: torch default)
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "grad_accum", "step_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if self.best_metric not in METRICS:
+            raise ConfigError(f"train.best_metric {self.best_metric!r} is not one of {', '.join(METRICS)}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = to_dict(self)
+        d["preprocess"] = self.preprocess.to_dict()
+        return d
+
+
+def run_config_from_dict(data: dict[str, Any], base_dir: str | Path = ".") -> RunConfig:
+    """Validate a config dict; relative data paths are resolved against ``base_dir``."""
+    known = {"data", "preprocess", "model", "train"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown section(s) {unknown}; valid sections: {', '.join(sorted(known))}")
+    for name in known & set(data):
+        if not isinstance(data[name], dict):
+            raise ConfigError(f"[{name}] must be a table, got {data[name]!r}")
+    dcfg = from_dict(DataConfig, data.get("data", {}), "data")
+    resolved = {}
+    for key in ("manifest", "split", "cache_dir"):
+        value = getattr(dcfg, key)
+        if value and not Path(value).is_absolute():
+            resolved[key] = str((Path(base_dir) / value).resolve())
+    if resolved:
+        dcfg = from_dict(DataConfig, {**to_dict(dcfg), **resolved}, "data")
+    pre = data.get("preprocess", {})
+    try:
+        pcfg = PreprocessConfig.from_dict(pre)
+    except TypeError as e:
+        raise ConfigError(f"[preprocess]: {e}") from e
+    mcfg = from_dict(ModelConfig, data.get("model", {}), "model")
+    tcfg = from_dict(TrainConfig, data.get("train", {}), "train")
+    _check_model(mcfg)
+    return RunConfig(data=dcfg, preprocess=pcfg, model=mcfg, train=tcfg)
+
+
+def _check_model(m: ModelConfig) -> None:
+    from ctcovid.models import list_models
+
+    if m.name not in list_models():
+        raise ConfigError(f"model.name: unknown model {m.name!r}; available: {', '.join(list_models())}")
+
+
+def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a TOML run config, apply ``section.key=value`` overrides, validate."""
+    raw = apply_overrides(load_toml(path), overrides or [])
+    return run_config_from_dict(raw, Path(path).parent)

@@ -1,0 +1,144 @@
+"""The training loop, in plain PyTorch: one function per pass over the data.
+
+``train_one_epoch`` does forward, loss, backward and an optimizer step every ``grad_accum``
+batches, under autocast when a low-precision dtype is given. A batch whose loss is not finite is
+skipped (no step, gradients dropped) and counted; the caller stops the run when too many are, so
+a NaN never reaches the weights or a checkpoint. ``evaluate`` returns per-sample probabilities with
+their metadata, for aggregation per scan and per patient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+Progress = Callable[[int, int, dict[str, float]], None]
+
+
+@dataclass
+class StepOptions:
+    device: torch.device
+    autocast_dtype: torch.dtype | None = None  # None: fp32
+    channels_last: bool = False
+    grad_accum: int = 1
+    clip_grad_norm: float = 0.0
+    scaler: torch.amp.GradScaler | None = None  # fp16 only
+
+
+@dataclass
+class EpochStats:
+    loss: float = 0.0
+    accuracy: float = 0.0
+    samples: int = 0
+    seconds: float = 0.0
+    bad_steps: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else 0.0
+
+
+def _autocast(opts: StepOptions) -> contextlib.AbstractContextManager[Any]:
+    if opts.autocast_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=opts.device.type, dtype=opts.autocast_dtype)
+
+
+def _to_device(x: torch.Tensor, opts: StepOptions) -> torch.Tensor:
+    x = x.to(opts.device, non_blocking=True)
+    if opts.channels_last and x.dim() == 5:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    return x
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor, Any]],
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    opts: StepOptions,
+    *,
+    progress: Progress | None = None,
+    total: int = 0,
+) -> EpochStats:
+    model.train()
+    stats, t0 = EpochStats(), time.perf_counter()
+    loss_sum, correct, pending = 0.0, 0, 0
+    optimizer.zero_grad(set_to_none=True)
+    for i, (x, y, _meta) in enumerate(loader):
+        x, y = _to_device(x, opts), y.to(opts.device)
+        with _autocast(opts):
+            logits = model(x)
+        loss = loss_fn(logits.float(), y)
+        if not torch.isfinite(loss):
+            # Skip the batch entirely: no backward, and drop what earlier micro-batches accumulated.
+            stats.bad_steps += 1
+            log.warning("non-finite loss at batch %d (%s); batch skipped", i, loss.item())
+            optimizer.zero_grad(set_to_none=True)
+            pending = 0
+            continue
+        scaled = loss / opts.grad_accum
+        (opts.scaler.scale(scaled) if opts.scaler else scaled).backward()
+        pending += 1
+        if pending == opts.grad_accum:
+            _step(model, optimizer, opts)
+            pending = 0
+        n = y.shape[0]
+        stats.samples += n
+        loss_sum += loss.item() * n
+        correct += int((logits.argmax(1) == y).sum().item())
+        if progress:
+            progress(i + 1, total, {"loss": loss_sum / stats.samples, "samples/s": stats.samples / (time.perf_counter() - t0)})
+    if pending:
+        _step(model, optimizer, opts)  # the epoch's last, partial accumulation
+    stats.seconds = time.perf_counter() - t0
+    stats.loss = loss_sum / stats.samples if stats.samples else math.nan
+    stats.accuracy = correct / stats.samples if stats.samples else math.nan
+    return stats
+
+
+def _step(model: nn.Module, optimizer: torch.optim.Optimizer, opts: StepOptions) -> None:
+    if opts.scaler:
+        opts.scaler.unscale_(optimizer)
+    if opts.clip_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip_grad_norm)
+    if opts.scaler:
+        opts.scaler.step(optimizer)
+        opts.scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]],
+    loss_fn: nn.Module,
+    opts: StepOptions,
+) -> tuple[float, torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
+    """Mean loss, probabilities ``(N, K)``, targets ``(N,)`` and one meta dict per sample."""
+    model.eval()
+    probs, targets, metas, loss_sum = [], [], [], 0.0
+    for x, y, meta in loader:
+        x, y = _to_device(x, opts), y.to(opts.device)
+        with _autocast(opts):
+            logits = model(x).float()
+        loss_sum += loss_fn(logits, y).item() * y.shape[0]
+        probs.append(torch.softmax(logits, 1).cpu())
+        targets.append(y.cpu())
+        metas += [{k: (v[j].item() if torch.is_tensor(v) else v[j]) for k, v in meta.items()} for j in range(y.shape[0])]
+    n = sum(t.shape[0] for t in targets)
+    if n == 0:
+        return math.nan, torch.empty(0, 0), torch.empty(0, dtype=torch.long), []
+    return loss_sum / n, torch.cat(probs), torch.cat(targets), metas

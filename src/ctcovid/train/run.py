@@ -1,0 +1,307 @@
+"""``fit``: seed -> data -> model -> optimizer -> loop -> save, top to bottom.
+
+The run folder holds ``config.toml``-equivalent ``config.json`` (resolved), ``split.csv``,
+``metrics.jsonl`` (one line per epoch), ``checkpoint_last.pt`` (every epoch, atomic),
+``checkpoint_best.pt`` (by ``train.best_metric`` on validation, aggregated per scan) and
+``train.log``. ``resume=True`` continues from ``checkpoint_last.pt`` exactly: every random choice of
+epoch ``e`` (sampler order, augmentation, dropout) is seeded from ``(seed, e)``, so replaying from an
+epoch boundary reproduces an uninterrupted run (CPU, ``train.deterministic``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ctcovid.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint, unwrap
+from ctcovid.data.cache import PreprocessCache
+from ctcovid.data.dataset import CachedDataset
+from ctcovid.data.manifest import read_manifest
+from ctcovid.data.samplers import ClassUniformBatchSampler, ShuffleBatchSampler, class_weights
+from ctcovid.data.splits import read_split, split_path, split_patients, write_split
+from ctcovid.errors import ConfigError, CtcovidError
+from ctcovid.metrics.metrics import aggregate_by, classification_metrics
+from ctcovid.models import create_model
+from ctcovid.preprocess.augment import build_augment
+from ctcovid.train import distributed as D
+from ctcovid.train.config import RunConfig
+from ctcovid.train.loop import EpochStats, StepOptions, evaluate, train_one_epoch
+
+log = logging.getLogger(__name__)
+BatchProgress = Callable[[int, int, dict[str, float]], None]
+
+
+class TrainingDiverged(CtcovidError, RuntimeError):
+    """Too many non-finite losses: the run stops before a NaN reaches a checkpoint."""
+
+
+@dataclass
+class FitResult:
+    out_dir: Path
+    epochs_run: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=dict)
+
+
+def model_kwargs(cfg: RunConfig) -> dict[str, Any]:
+    kw: dict[str, Any] = {"in_channels": cfg.preprocess.in_channels, "num_classes": len(cfg.data.label_names())}
+    if cfg.model.dropout is not None:
+        kw["dropout"] = cfg.model.dropout
+    return {**kw, **cfg.model.kwargs}
+
+
+def _precision(cfg: RunConfig, device: torch.device) -> torch.dtype | None:
+    p = cfg.train.precision
+    if p == "auto":
+        # bf16 on GPUs that have it; CPU stays fp32 until measured otherwise (bf16 autocast of a
+        # 3D ResNet went NaN on small volumes on this project's CPU where fp32 trained fine).
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[p]
+
+
+def _channels_last(cfg: RunConfig, device: torch.device, dtype: torch.dtype | None) -> bool:
+    if not cfg.train.channels_last:
+        return False
+    depth = cfg.preprocess.chunk_depth if cfg.preprocess.depth_mode == "stack" else cfg.preprocess.depth
+    if device.type == "cpu" and dtype == torch.bfloat16 and cfg.preprocess.in_channels == 3 and depth <= 4:
+        # Known torch 2.13 CPU bug: channels_last_3d + bf16 backward on 3-channel 4-slice inputs
+        # corrupts the heap. Fall back to the default layout rather than crash.
+        log.warning("channels_last disabled: channels_last_3d + bf16 crashes on 3-channel %d-slice inputs on CPU", depth)
+        return False
+    return True
+
+
+def prepare_split(cfg: RunConfig, rows: list[Any], info: D.DistInfo) -> dict[str, str]:
+    path = Path(cfg.data.split) if cfg.data.split else split_path(cfg.data.manifest)
+    if not path.is_file():
+        if cfg.data.split:
+            raise ConfigError(f"data.split: split file '{path}' does not exist")
+        if info.is_main:
+            write_split(rows, split_patients(rows, val=cfg.data.val, test=cfg.data.test, seed=cfg.data.split_seed),
+                        None, path)
+        D.barrier(info)
+    return read_split(path)
+
+
+def fit(
+    cfg: RunConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    config_dict: dict[str, Any] | None = None,
+    batch_progress: Callable[[int], BatchProgress | None] | None = None,
+    cache_progress: Callable[[int, int], None] | None = None,
+) -> FitResult:
+    """Train ``cfg`` into ``out_dir``; see the module docstring for what is written."""
+    t = cfg.train
+    device = D.pick_device(t.device, D.DistInfo())
+    info = D.init_distributed(device)
+    device = D.pick_device(t.device, info)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    handler = _file_handler(out / "train.log") if info.is_main else None
+    if handler is not None:
+        logging.getLogger("ctcovid").addHandler(handler)
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    if t.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(t.seed)
+
+    # ---- data
+    labels = list(cfg.data.label_names())
+    if not cfg.data.manifest:
+        raise ConfigError("data.manifest is empty: set it to a manifest CSV made by 'ctcovid import'")
+    rows = read_manifest(cfg.data.manifest, labels=labels)
+    split = prepare_split(cfg, rows, info)
+    train_rows = [r for r in rows if split.get(r.scan_id) == "train"]
+    val_rows = [r for r in rows if split.get(r.scan_id) == "val"]
+    if not train_rows:
+        raise ConfigError(f"no training scans: the split of {cfg.data.manifest} has no 'train' rows")
+    manifest_dir = Path(cfg.data.manifest).parent
+    cache = PreprocessCache(cfg.data.cache_dir or manifest_dir / ".ctcovid_cache", cfg.preprocess, manifest_dir)
+    if info.is_main:
+        cache.build(train_rows + val_rows, workers=cfg.data.workers or (os.cpu_count() or 1), progress=cache_progress)
+    D.barrier(info)
+    augment = build_augment(cfg.preprocess.augment) if t.augment else None
+    train_ds = CachedDataset(train_rows, cache, labels, augment=augment, seed=t.seed)
+    val_ds = CachedDataset(val_rows, cache, labels)
+    if t.sampler == "class_uniform":
+        sampler: Any = ClassUniformBatchSampler(train_ds.targets, t.batch_size, num_classes=len(labels), seed=t.seed,
+                                                rank=info.rank, world_size=info.world_size)
+    else:
+        sampler = ShuffleBatchSampler(len(train_ds), t.batch_size, seed=t.seed, rank=info.rank,
+                                      world_size=info.world_size)
+    workers = cfg.data.loader_workers
+    train_loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=workers, persistent_workers=False)
+    val_loader = DataLoader(val_ds, batch_size=t.batch_size, shuffle=False, num_workers=workers)
+
+    # ---- model, loss, optimizer
+    kwargs = model_kwargs(cfg)
+    model = create_model(cfg.model.name, **kwargs)
+    if cfg.model.pretrained:
+        from ctcovid.models.weights import load_pretrained
+
+        load_pretrained(model, cfg.model.pretrained)
+    dtype = _precision(cfg, device)
+    channels_last = _channels_last(cfg, device, dtype)
+    model = model.to(device, memory_format=torch.channels_last_3d) if channels_last else model.to(device)
+    if info.enabled:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    weight = torch.from_numpy(class_weights(train_ds.targets, len(labels))).to(device) if t.loss == "weighted_ce" else None
+    loss_fn = nn.CrossEntropyLoss(weight=weight)
+    optimizer = _optimizer(cfg, model)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=t.step_size, gamma=t.gamma)
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    opts = StepOptions(device, dtype, channels_last, t.grad_accum, t.clip_grad_norm, scaler)
+
+    # ---- resume
+    start, best, history = 0, {}, []
+    last_path, best_path, metrics_path = out / "checkpoint_last.pt", out / "checkpoint_best.pt", out / "metrics.jsonl"
+    if resume and last_path.is_file():
+        ck = load_checkpoint(last_path)
+        unwrap(model).load_state_dict(ck["model"]["state_dict"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        if scaler is not None and ck.get("scaler"):
+            scaler.load_state_dict(ck["scaler"])
+        start, best = ck["epoch"] + 1, ck.get("best", {})
+        history = [h for h in _read_jsonl(metrics_path) if h["epoch"] <= ck["epoch"]]
+        if not history or history[-1]["epoch"] < ck["epoch"]:
+            history.append(ck["metrics"])
+        log.info("resuming from %s at epoch %d", last_path, start)
+    elif resume:
+        log.warning("--resume: no %s yet, starting from scratch", last_path)
+    if info.is_main:
+        _write_jsonl(metrics_path, history)
+        (out / "config.json").write_text(json.dumps(config_dict or cfg.to_dict(), indent=2, default=str))
+        write_split(rows, split, None, out / "split.csv")  # the split used, next to the run
+
+    # ---- loop
+    ckpt_common = {"name": cfg.model.name, "kwargs": kwargs, "labels": labels, "task": cfg.data.task,
+                   "preprocess": cfg.preprocess.to_dict(), "config": config_dict or cfg.to_dict()}
+    epoch = start - 1
+    try:
+        for epoch in range(start, t.epochs):
+            sampler.set_epoch(epoch)
+            train_ds.set_epoch(epoch)
+            torch.manual_seed(t.seed * 100_003 + epoch)  # dropout etc.: a function of (seed, epoch) only
+            lr = optimizer.param_groups[0]["lr"]
+            stats = train_one_epoch(model, train_loader, optimizer, loss_fn, opts,
+                                    progress=batch_progress(epoch) if batch_progress else None, total=len(sampler))
+            if stats.bad_steps > t.max_bad_steps or not math.isfinite(stats.loss):
+                raise TrainingDiverged(
+                    f"epoch {epoch + 1}: {stats.bad_steps} batches had a non-finite loss (limit "
+                    f"train.max_bad_steps={t.max_bad_steps}); no checkpoint was written for it. "
+                    "Try precision='fp32' or a lower lr."
+                )
+            scheduler.step()
+            if info.is_main:
+                record = {"epoch": epoch, "lr": lr, **_train_record(stats),
+                          **_validate(unwrap(model), val_loader, loss_fn, opts, len(labels))}
+                history.append(record)
+                improved = _better(record, best, t.best_metric)
+                if improved:
+                    best = {"epoch": epoch, t.best_metric: record.get(t.best_metric),
+                            "val_accuracy": record.get("val_accuracy")}
+                ck = make_checkpoint(model, **ckpt_common, epoch=epoch, metrics=record, best=best,
+                                     optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                                     scaler=scaler.state_dict() if scaler else {})
+                _append_jsonl(metrics_path, record)  # before the checkpoint: a resume drops lines past it
+                save_checkpoint(ck, last_path)
+                if improved:
+                    save_checkpoint(ck, best_path)
+                log.info("epoch %d/%d %s", epoch + 1, t.epochs, _fmt(record))
+            D.barrier(info)
+    except KeyboardInterrupt:
+        if info.is_main:
+            # Mid-epoch weights are kept for inspection; --resume restarts from the last epoch boundary.
+            save_checkpoint(make_checkpoint(model, **ckpt_common, epoch=epoch, metrics={"interrupted": True}),
+                            out / "checkpoint_interrupted.pt")
+            log.warning("interrupted in epoch %d; --resume continues after %s", epoch + 1, last_path.name)
+        raise
+    finally:
+        D.cleanup(info)
+        if handler is not None:
+            logging.getLogger("ctcovid").removeHandler(handler)
+            handler.close()
+    return FitResult(out, epoch + 1 - start, history, best)
+
+
+def _optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    t, params = cfg.train, model.parameters()
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay)
+    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def _train_record(s: EpochStats) -> dict[str, Any]:
+    return {"train_loss": s.loss, "train_accuracy": s.accuracy, "samples_per_s": round(s.samples_per_s, 3),
+            "epoch_seconds": round(s.seconds, 3), "bad_steps": s.bad_steps}
+
+
+def _validate(model: nn.Module, loader: DataLoader[Any], loss_fn: nn.Module, opts: StepOptions,
+              num_classes: int) -> dict[str, Any]:
+    if len(loader.dataset) == 0:  # type: ignore[arg-type]
+        return {}
+    loss, probs, targets, metas = evaluate(model, loader, loss_fn, opts)
+    p, y, _ = aggregate_by(probs.numpy(), targets.numpy(), [m["scan_id"] for m in metas])  # chunks -> scans
+    m = classification_metrics(p, y, num_classes)
+    return {"val_loss": loss, "val_accuracy": m["accuracy"], "val_f1_macro": m["f1_macro"], "val_auroc": m["auroc"],
+            "val_scans": m["n"]}
+
+
+def _better(record: dict[str, Any], best: dict[str, Any], metric: str) -> bool:
+    value = record.get(metric)
+    if value is None:
+        value = record.get("val_accuracy")  # e.g. AUROC undefined on a one-class validation set
+        metric_best = best.get("val_accuracy", best.get(metric))
+    else:
+        metric_best = best.get(metric)
+    if value is None:
+        return not best  # no validation at all: keep the first, then the last is the model
+    if metric_best is None:
+        return True
+    return value < metric_best if metric == "val_loss" else value > metric_best
+
+
+def _fmt(record: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items() if k != "epoch")
+
+
+def _file_handler(path: Path) -> logging.Handler:
+    h = logging.FileHandler(path)
+    h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    return h
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, path)
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+

@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ctcovid.checkpoint import load_checkpoint, rebuild_model
+from ctcovid.cli import main
+from ctcovid.errors import ConfigError
+from ctcovid.train.config import load_run_config
+from ctcovid.train.run import fit
+
+
+def _history(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_lowers_the_loss_and_writes_a_self_describing_run(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+    cfg_path, _ = tiny_run
+    result = fit(load_run_config(cfg_path), tmp_path / "run")
+    hist = _history(tmp_path / "run")
+    assert [h["epoch"] for h in hist] == [0, 1, 2] == [h["epoch"] for h in result.history]
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_auroc", "lr", "samples_per_s"):
+        assert key in hist[0]
+    for name in ("checkpoint_last.pt", "checkpoint_best.pt", "config.json", "split.csv", "train.log"):
+        assert (tmp_path / "run" / name).is_file(), name
+    ck = load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")
+    assert ck["labels"] == ["NCP", "CP", "Normal"] and ck["epoch"] == 2
+    assert ck["preprocess"]["depth"] == 8 and ck["model"]["name"] == "r3d_10"
+    model = rebuild_model(tmp_path / "run" / "checkpoint_last.pt")  # needs nothing but the file
+    x = torch.zeros(2, 1, 8, 24, 24)
+    assert model(x).shape == (2, 3)
+
+
+def test_resume_after_sigkill_ends_with_the_same_weights(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+    cfg_path, _ = tiny_run
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "ctcovid", "train", str(cfg_path), "--set", "train.epochs=4"]
+    ref = tmp_path / "uninterrupted"
+    subprocess.run([*cmd, "--out", str(ref)], check=True, env=env, capture_output=True)
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, "--out", str(run)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run / "checkpoint_last.pt").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # into the next epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(_history(run))
+    assert done_before < 4, "the run finished before it could be killed; make the fixture slower"
+    subprocess.run([*cmd, "--out", str(run), "--resume"], check=True, env=env, capture_output=True)
+    a = load_checkpoint(ref / "checkpoint_last.pt")["model"]["state_dict"]
+    b = load_checkpoint(run / "checkpoint_last.pt")["model"]["state_dict"]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    assert [h["epoch"] for h in _history(run)] == [0, 1, 2, 3]
+
+
+def test_ddp_with_two_gloo_ranks_trains(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+    cfg_path, _ = tiny_run
+    out = tmp_path / "ddp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m", "ctcovid",
+         "train", str(cfg_path), "--set", "train.epochs=1", "--set", "train.deterministic=false", "--out", str(out)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(_history(out)) == 1
+    assert load_checkpoint(out / "checkpoint_last.pt")["epoch"] == 0
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.name=r3d_19", "model.name: unknown model 'r3d_19'; available: "),
+        ("train.epoch=3", "unknown key 'train.epoch' (did you mean 'epochs'?)"),
+        ("train.lr=fast", "train.lr: expected a number, got 'fast'"),
+        ("train.sampler=balanced", "train.sampler: 'balanced' is not one of 'shuffle', 'class_uniform'"),
+        ("data.manifest=/nope/manifest.csv", "manifest '/nope/manifest.csv' does not exist"),
+        ("preprocess.depth_mode=cube", "depth_mode='cube' is invalid"),
+    ],
+)
+def test_bad_config_fails_before_training_naming_the_key(
+    tiny_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], override: str, message: str
+) -> None:
+    cfg_path, _ = tiny_run
+    assert main(["train", str(cfg_path), "--set", override, "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert not (tmp_path / "bad" / "checkpoint_last.pt").exists()
+
+
+def test_custom_task_needs_labels(tmp_path: Path) -> None:
+    from ctcovid.train.config import run_config_from_dict
+
+    cfg = run_config_from_dict({"data": {"task": "custom"}})
+    with pytest.raises(ConfigError, match="data.labels must list the class names"):
+        cfg.data.label_names()
