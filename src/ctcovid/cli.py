@@ -166,6 +166,28 @@ def _run_split(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- preprocess
+def _add_preprocess(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="run config TOML: its [data] manifest and [preprocess] section are used")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
+    p.add_argument("--workers", type=int, default=0, help="processes (default: one per CPU core)")
+
+
+def _run_preprocess(args: argparse.Namespace) -> int:
+    from ctcovid.config import apply_overrides, load_toml
+    from ctcovid.data.cache import PreprocessCache
+    from ctcovid.data.manifest import read_manifest
+    from ctcovid.train.config import run_config_from_dict
+
+    cfg = run_config_from_dict(apply_overrides(load_toml(args.config), args.set), Path(args.config).parent)
+    rows = read_manifest(cfg.data.manifest, labels=list(cfg.data.label_names()))
+    root = Path(cfg.data.manifest).parent
+    cache = PreprocessCache(cfg.data.cache_dir or root / ".ctcovid_cache", cfg.preprocess, root)
+    built = cache.build(rows, workers=args.workers or (os.cpu_count() or 1), progress=_cache_progress())
+    print(f"cache {cache.dir}: {len(rows)} scans, {built} built now, {len(rows) - built} already there")
+    return 0
+
+
 # --------------------------------------------------------------------------- train
 def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="run config TOML (see configs/)")
@@ -237,41 +259,73 @@ def _batch_progress(epochs: int) -> Callable[[int], Callable[[int, int, dict[str
 
 
 # --------------------------------------------------------------------------- demo
+DEMO_CONFIG: dict[str, Any] = {
+    # Kept equal to configs/demo_synthetic.toml (a test checks it). Small inputs: minutes on 2 cores.
+    "data": {"task": "diagnosis", "val": 0.2, "test": 0.2},
+    "preprocess": {"depth_mode": "stack", "chunk_depth": 8, "in_channels": 1, "size_hw": [64, 64],
+                   "body_crop": True},
+    "model": {"name": "r3d_18"},
+    "train": {"epochs": 8, "batch_size": 12, "lr": 1e-3, "step_size": 6, "gamma": 0.1,
+              "sampler": "class_uniform", "best_metric": "val_accuracy"},
+}
+
+
 def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo_out", help="working folder (default ./demo_out)")
     p.add_argument("--n", type=int, default=60, help="synthetic scans to generate (default 60)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--format", choices=["dicom", "nifti", "png", "npy"], default="dicom")
+    p.add_argument("--format", choices=["dicom", "png"], default="dicom", help="how the cohort is written")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override the demo's training config, e.g. --set train.epochs=2")
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    """Synthetic end to end: generate a cohort, read every scan back, report what was read."""
-    import csv
+    """Synthetic end to end: generate, import, split, preprocess + train, evaluate on the test split."""
+    import time
 
+    from ctcovid.config import apply_overrides
+    from ctcovid.data.cohorts import import_cohort
+    from ctcovid.data.manifest import summary_table, write_manifest
+    from ctcovid.data.splits import split_path, split_patients, write_split
     from ctcovid.data.synthetic import SynthConfig, generate_cohort
-    from ctcovid.io import load_volume
+    from ctcovid.evaluate.report import evaluate_checkpoint
+    from ctcovid.train.config import run_config_from_dict
+    from ctcovid.train.run import fit
 
+    t0 = time.perf_counter()
     out = Path(args.out)
     data_dir = out / "cohort"
-    cfg = SynthConfig(n=args.n, task="diagnosis", format=args.format, seed=args.seed)
-    print(f"[1/2] generating {args.n} synthetic chest CT scans ({args.format}) in {data_dir}")
+    print(f"[1/5] generating {args.n} synthetic chest CT scans ({args.format}, CC-CCII layout) in {data_dir}")
     with _progress(args.n, "synth") as tick:
-        summary = generate_cohort(data_dir, cfg, progress=tick)
-    _print_summary(summary)
-
-    with (data_dir / "labels.csv").open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    print(f"[2/2] reading the {len(rows)} scans back")
-    per_label: dict[str, list[float]] = {}
-    with _progress(len(rows), "read") as tick:
-        for i, row in enumerate(rows):
-            vol = load_volume(data_dir / row["path"])
-            lung = vol.voxels[(vol.voxels > -950) & (vol.voxels < -400)]
-            per_label.setdefault(row["label"], []).append(float(lung.mean()) if lung.size else float("nan"))
-            tick(i + 1, len(rows))
-    for label, means in sorted(per_label.items()):
-        print(f"  {label:<7} scans={len(means):3d}  mean lung-range HU={sum(means) / len(means):8.1f}")
-    print("demo: data generation and inspection done (training arrives with the training engine)")
+        generate_cohort(data_dir, SynthConfig(n=args.n, task="diagnosis", format=args.format, seed=args.seed),
+                        progress=tick)
+    print("[2/5] importing the cohort as a user would import CC-CCII")
+    result = import_cohort("cc-ccii", str(data_dir), min_slices=8)
+    manifest = write_manifest(result.rows, data_dir / "manifest.csv")
+    print(f"      found {result.found} scans: imported {len(result.rows)}, skipped {len(result.skipped)}")
+    print("[3/5] patient-level split (train/val/test = 60/20/20, stratified)")
+    assignment = split_patients(result.rows, val=0.2, test=0.2, seed=args.seed)
+    write_split(result.rows, assignment, None, split_path(manifest))
+    print(summary_table(result.rows, assignment))
+    raw = apply_overrides({**DEMO_CONFIG, "data": {**DEMO_CONFIG["data"], "manifest": str(manifest.resolve())}},
+                          args.set)
+    cfg = run_config_from_dict(raw)
+    run_dir = out / "run"
+    print(f"[4/5] training {cfg.model.name} for {cfg.train.epochs} epochs on depth-{cfg.preprocess.chunk_depth} chunks "
+          f"-> {run_dir}")
+    fit(cfg, run_dir, config_dict=cfg.to_dict(), batch_progress=_batch_progress(cfg.train.epochs),
+        cache_progress=_cache_progress())
+    print("[5/5] evaluating the best checkpoint on the held-out test patients")
+    report = evaluate_checkpoint(run_dir / "checkpoint_best.pt", manifest, split="test")
+    (run_dir / "test_metrics.json").write_text(json.dumps(report, indent=2))
+    scan = report["scan"]
+    print(f"      test scans: {scan['n']}  accuracy {scan['accuracy']:.3f}  macro-F1 {scan['f1_macro']:.3f}  "
+          f"AUROC {scan['auroc'] if scan['auroc'] is None else round(scan['auroc'], 3)}")
+    labels = report["labels"]
+    print("      confusion (rows = truth, columns = prediction): " + " ".join(labels))
+    for lab, row in zip(labels, scan["confusion"]):
+        print(f"      {lab:<7} {row}")
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s; run folder {run_dir}")
     return 0
 
 
@@ -310,6 +364,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "demo": ("synthetic end-to-end run (no data needed)", _add_demo, _run_demo),
     "import": ("turn a dataset folder into a checked manifest CSV", _add_import, _run_import),
     "inspect": ("read a scan and report its geometry, HU range and warnings", _add_inspect, _run_inspect),
+    "preprocess": ("preprocess and cache every scan of a config's manifest", _add_preprocess, _run_preprocess),
     "split": ("patient-level train/val/test split of a manifest", _add_split, _run_split),
     "train": ("train a model from a config file", _add_train, _run_train),
     "synth": ("generate a synthetic chest CT cohort", _add_synth, _run_synth),

@@ -226,3 +226,38 @@ def test_unsigned_12_bit_pixels_ignore_garbage_high_bits(tmp_path, volume_factor
     back = load_volume(tmp_path)
     expected = ((vol.voxels + 1024).astype(np.int64) & 0x0FFF) - 1024
     np.testing.assert_array_equal(back.voxels, expected)
+
+
+def _header_via(path: Path, fast: bool, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    from ctcovid.io import dicom_header as dh
+
+    with monkeypatch.context() as m:
+        if not fast:
+
+            def refuse(p: Path) -> None:
+                raise dh._Unsupported("test: use pydicom")
+
+            m.setattr(dh, "_fast_fields", refuse)
+        h = dh.read_header(path)
+    return {k: (None if v is None else np.asarray(v).tolist()) for k, v in vars(h).items() if k != "path"}
+
+
+@pytest.mark.parametrize("transfer_syntax", ["explicit_le", "rle"])
+def test_fast_header_walker_agrees_with_pydicom(tmp_path, volume_factory, monkeypatch, transfer_syntax):
+    paths = write_dicom_series(volume_factory(shape=(2, 8, 8)), tmp_path, transfer_syntax=transfer_syntax)
+    ds = pydicom.dcmread(paths[0])
+    # a nested sequence (undefined length) holding a decoy position the walker must not take
+    item = pydicom.Dataset()
+    item.ImagePositionPatient = ["1", "2", "3"]
+    item.ReferencedSOPInstanceUID = "1.2.3"
+    item.is_undefined_length_sequence_item = True
+    ds.ReferencedImageSequence = pydicom.Sequence([item])
+    ds["ReferencedImageSequence"].is_undefined_length = True
+    ds.save_as(paths[0])
+    assert pydicom.dcmread(paths[0])["ReferencedImageSequence"].is_undefined_length
+    from ctcovid.io.dicom_header import _fast_fields
+
+    for p in paths:
+        _fast_fields(p)  # the walker handles these files itself (raises if it would defer to pydicom)
+        assert _header_via(p, True, monkeypatch) == _header_via(p, False, monkeypatch)
+    assert _header_via(paths[0], True, monkeypatch)["position"] != [1.0, 2.0, 3.0]

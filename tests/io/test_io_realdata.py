@@ -104,3 +104,23 @@ def test_abdomen_nifti_is_reoriented_to_lps_canonical(abdomen_nifti, shared_data
     np.testing.assert_array_equal(sitk.GetArrayFromImage(img)[:, ::-1, ::-1], abdomen_nifti.voxels)
     last = np.array(img.TransformIndexToPhysicalPoint([s - 1 for s in img.GetSize()[:2]] + [0]))
     np.testing.assert_allclose(abdomen_nifti.index_to_lps((0, 0, 0)), last, atol=1e-3)
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")  # the chest files' UIDs (see README)
+@pytest.mark.parametrize("folder", ["chest-ct-dicom-jpegls", "abdomen-ct-dicom-j2k"])
+def test_fast_header_walker_agrees_with_pydicom_on_real_files(shared_data, folder, monkeypatch):
+    from ctcovid.io import dicom_header as dh
+
+    def as_dict(h: object) -> dict[str, object]:
+        return {k: (None if v is None else np.asarray(v).tolist()) for k, v in vars(h).items()}
+
+    paths = sorted((shared_data / folder).iterdir())
+    fast = [as_dict(dh.read_header(p)) for p in paths]
+    for p in paths:
+        dh._fast_fields(p)  # real scanner headers (private tags, sequences) stay on the fast path
+
+    def refuse(p: Path) -> None:
+        raise dh._Unsupported("test: use pydicom")
+
+    monkeypatch.setattr(dh, "_fast_fields", refuse)
+    assert fast == [as_dict(dh.read_header(p)) for p in paths]

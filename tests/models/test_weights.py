@@ -147,3 +147,26 @@ def test_missing_file_and_unknown_layout_raise_clear_errors(tmp_path: Path) -> N
         load_pretrained(model, {"stem.0.weight": torch.zeros(1)})
     with pytest.raises(WeightLoadError, match="unknown weight source"):
         load_pretrained(model, {}, source="timm")  # type: ignore[arg-type]
+
+
+def test_first_conv_kernel_mismatch_names_the_option() -> None:
+    source = create_model("r3d_10", in_channels=3, conv1_depth_kernel=3)
+    target = create_model("r3d_10", in_channels=3)
+    with pytest.raises(
+        WeightLoadError, match=r"stem\.conv\.weight: checkpoint \(64, 3, 3, 7, 7\).*conv1_depth_kernel"
+    ):
+        load_pretrained(target, _hara_checkpoint(source))
+
+
+def test_resnet_weights_do_not_go_into_r2plus1d() -> None:
+    source = create_model("r3d_18", in_channels=3)
+    with pytest.raises(WeightLoadError, match="no Hara-style stem"):
+        load_pretrained(create_model("r2plus1d_18"), _hara_checkpoint(source))
+
+
+def test_own_checkpoint_reloads_into_a_new_head() -> None:
+    source = create_model("r2plus1d_18", num_classes=3)
+    target = create_model("r2plus1d_18", num_classes=2)
+    report = load_pretrained(target, {"state_dict": source.state_dict()})
+    assert report.source == "ctcovid" and set(report.skipped) == {"fc.weight", "fc.bias"}
+    assert torch.equal(target.layer1[0].conv1.spatial.weight, source.layer1[0].conv1.spatial.weight)

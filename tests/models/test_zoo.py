@@ -87,6 +87,11 @@ def test_metadata_matches_the_model(run: Run) -> None:
     assert model.spatial_dims == info.default_input.spatial_dims
 
 
+def test_every_builder_takes_the_common_arguments() -> None:
+    for name in list_models():
+        assert {"in_channels", "num_classes", "dropout"} <= set(model_info(name).arguments), name
+
+
 def test_builder_docstring_cites_its_paper() -> None:
     for name in list_models():
         doc = model_info(name).builder.__doc__ or ""

@@ -37,6 +37,8 @@ def load_row_volume(row: ManifestRow, root: str | Path) -> Volume:
             voxels = load_medmnist_volume(path, address)
         except (OSError, KeyError, ValueError, IndexError) as e:
             raise ManifestError(f"scan {row.scan_id!r}: cannot read {file_part}#{address}: {e}") from e
+        if voxels.size and voxels.max() <= 1.0:
+            voxels = voxels * 255.0  # some MedMNIST archives store 0..1 floats; the pipeline expects 0..255
         source = ScanSource(format=ScanFormat.NUMPY, path=row.path, patient_id=row.patient_id,
                             n_slices=voxels.shape[0])
         # MedMNIST stores 0..255 (uint8) or 0..1 (float) intensities, never HU.

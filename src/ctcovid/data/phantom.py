@@ -32,7 +32,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from ctcovid.data.procedural import Grid, Lattice, rasterize_tubes, space_filling_tree
+from ctcovid.data.procedural import Grid, Lattice, Tubes, rasterize_tubes, space_filling_tree
 
 
 class Tissue(IntEnum):
@@ -77,12 +77,14 @@ class Patient:
         male = sex == 1
         size = float(np.clip(rng.normal(), -2.0, 2.0))
         half_width = 160.0 + (8.0 if male else -8.0) + 11.0 * size
+        half_depth = half_width * float(rng.uniform(0.62, 0.72))
+        fat = rng.gamma(3.0, 4.0) + 3.0 * size + (0.0 if male else 3.0)
         return cls(
             age=int(rng.integers(18, 90)),
             sex=sex,
             half_width_mm=half_width,
-            half_depth_mm=half_width * float(rng.uniform(0.62, 0.72)),
-            fat_mm=float(np.clip(rng.gamma(3.0, 4.0) + 3.0 * size + (0.0 if male else 3.0), 4.0, 36.0)),
+            half_depth_mm=half_depth,
+            fat_mm=float(np.clip(fat, 4.0, 0.2 * half_depth)),  # beyond this the lungs would vanish
             muscle_mm=float(rng.uniform(6.0, 11.0)),
             lung_height_mm=float(np.clip(rng.normal(250.0 if male else 232.0, 12.0), 200.0, 290.0)),
             right_dome_mm=float(rng.uniform(8.0, 22.0)),
@@ -95,7 +97,8 @@ class Patient:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where the patient lies in the field: field mm put voxel ``(k, j, i)`` at ``((k+.5)sz, (j+.5)sy, (i+.5)sx)``."""
+    """Where the patient lies in the field of view, in field mm (voxel ``(k, j, i)`` is centred at
+    ``((k + 0.5) sz, (j + 0.5) sy, (i + 0.5) sx)``)."""
 
     center_x_mm: float
     center_y_mm: float
@@ -179,7 +182,9 @@ def _lungs(
     # trachea, oesophagus and aorta, widening upwards for the great vessels.
     band = 9.0 + (14.0 + 6.0 * g.tz) * np.exp(-(((v - 0.1 * g.b_cav) / (0.45 * g.b_cav)) ** 2))
     lung = cav & (np.abs(u) > band) & above_dia & below_apex & (heart_q >= 1) & ~spine & ~aorta
-    return dict(lung=lung, side=side, r2=r2, above_dia=above_dia, heart_q=heart_q, cav=cav, band=band, spine=spine)
+    return dict(
+        lung=lung, side=side, r2=r2, above_dia=above_dia, heart_q=heart_q, cav=cav, band=band, spine=spine
+    )
 
 
 def lung_periphery(patient: Patient, w: np.ndarray, v: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -210,7 +215,7 @@ def sample_lung_points(
     return np.concatenate(found)[:n]
 
 
-def _central_tubes(p: Patient) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def _central_tubes(p: Patient) -> dict[str, Tubes]:
     """Great vessels, oesophagus and central airways as polylines (w, v, u) with radii."""
     L, R = p.lung_height_mm, p.vertebra_mm
     g0, gt = _Geo(p, np.array(0.0)), _Geo(p, np.array(L / 2 + 60))
@@ -234,14 +239,14 @@ def _central_tubes(p: Patient) -> dict[str, tuple[np.ndarray, np.ndarray, np.nda
         ((car, vt + 3, -1.0), (car - 38, vt + 10, 40.0), 6.0),  # left main bronchus
     ]
 
-    def arr(s: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def arr(s: list) -> Tubes:
         return np.array([x[0] for x in s]), np.array([x[1] for x in s]), np.array([x[2] for x in s], float)
 
     return {"vessels": arr(segs), "airways": arr(airways)}
 
 
 @functools.lru_cache(maxsize=16)  # follow-up scans of a patient reuse its trees
-def _lung_trees(p: Patient) -> dict[str, tuple[np.ndarray, ...]]:
+def _lung_trees(p: Patient) -> dict[str, Tubes]:
     """Pulmonary arteries, veins and bronchi of both lungs (deterministic per patient)."""
     rng = np.random.default_rng(p.tree_seed)
     L, R = p.lung_height_mm, p.vertebra_mm
@@ -259,7 +264,7 @@ def _lung_trees(p: Patient) -> dict[str, tuple[np.ndarray, ...]]:
             (car - 38, vt + 10, 40.0),
         ),
     }
-    parts: dict[str, list[tuple[np.ndarray, ...]]] = {"vessels": [], "airways": []}
+    parts: dict[str, list[Tubes]] = {"vessels": [], "airways": []}
     for side, (art, vein, bron) in roots.items():
         parts["vessels"].append(
             space_filling_tree(rng, np.array(art), sample_lung_points(p, rng, side, 128), 8.0)
@@ -270,7 +275,12 @@ def _lung_trees(p: Patient) -> dict[str, tuple[np.ndarray, ...]]:
         parts["airways"].append(
             space_filling_tree(rng, np.array(bron), sample_lung_points(p, rng, side, 64), 5.5, 0.33)
         )
-    return {k: tuple(np.concatenate(x) for x in zip(*v, strict=True)) for k, v in parts.items()}
+    return {k: _concat(v) for k, v in parts.items()}
+
+
+def _concat(tubes: list[Tubes]) -> Tubes:
+    p0, p1, r = zip(*tubes, strict=True)
+    return np.concatenate(p0), np.concatenate(p1), np.concatenate(r)
 
 
 @dataclass
@@ -347,7 +357,7 @@ def render_anatomy(
     trees = _lung_trees(patient)
     rasterize_tubes(grid, *trees["vessels"], out=vessel)
     for p0, p1, r in (tubes["airways"], trees["airways"]):
-        rasterize_tubes(grid, p0, p1, r, out=lumen, wall_mm=0.25 * r + 0.6, out_wall=airway)
+        rasterize_tubes(grid, p0, p1, r, out=lumen, wall_mm=0.2 * r + 0.4, out_wall=airway)
     tissue[(lumen > 0.5) & ~np.isin(tissue, LUNG_TISSUES)] = Tissue.AIRWAY
     return Anatomy(hu, tissue, vessel, lumen, airway, grid, patient, placement)
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+Tubes = tuple[np.ndarray, np.ndarray, np.ndarray]  # (p0 (n, 3), p1 (n, 3), radius (n,)) in mm
+
 
 class Lattice:
     """Smooth Gaussian random field (unit variance, ~3 cell correlation) on a lattice in the patient frame.
@@ -131,7 +133,7 @@ def rasterize_tubes(
 
 def space_filling_tree(
     rng: np.random.Generator, root: np.ndarray, pts: np.ndarray, r_root: float, exponent: float = 0.4
-) -> tuple[np.ndarray, ...]:
+) -> Tubes:
     """Space-filling tree from ``root`` to every point (count a power of 2): segments (p0, p1, radius).
 
     Each node heads part way to the centroid of the points it serves, then splits them in two

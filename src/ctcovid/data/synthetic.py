@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ctcovid.data.lesions import paint_covid, paint_pneumonia
+from ctcovid.data.lesions import SEVERITY_INVOLVEMENT, paint_covid, paint_pneumonia
 from ctcovid.data.manifest import COLUMNS as MANIFEST_COLUMNS
 from ctcovid.data.phantom import Patient, Placement, render_anatomy
 from ctcovid.errors import ConfigError
@@ -125,7 +125,8 @@ def synth_case(
     if severity_score is not None:
         if label != Diagnosis.NCP.value:
             raise ConfigError(f"severity_score is only defined for label 'NCP', got label {label!r}")
-        severity_from_score(severity_score)  # raises on scores outside 1..6
+        if isinstance(severity_score, bool) or severity_score not in SEVERITY_INVOLVEMENT:
+            raise ConfigError(f"severity_score {severity_score!r} is outside the CNCB scale 1..6")
     patient = patient if patient is not None else Patient.random(rng)
     if shape is None or spacing_mm is None:
         drawn_shape, drawn_spacing = draw_grid(rng, patient)
@@ -342,12 +343,18 @@ def _clear_previous(root: Path) -> None:
         raise ConfigError(
             f"output folder '{root}' is not empty and holds no synthetic cohort; choose an empty folder"
         )
+    base = root.resolve()
     with labels.open(newline="") as f:
         for row in csv.DictReader(f):
             for rel in (row.get("path", ""), row.get("mask", "")):
                 target = (root / rel).resolve()
-                if rel and root.resolve() in target.parents and target.exists():
-                    shutil.rmtree(target) if target.is_dir() else target.unlink()
+                if not rel or base not in target.parents or not target.exists():
+                    continue  # only what the old cohort listed, and only inside the folder
+                shutil.rmtree(target) if target.is_dir() else target.unlink()
+                for parent in target.parents:  # patient and label folders left empty
+                    if parent == base or any(parent.iterdir()):
+                        break
+                    parent.rmdir()
 
 
 def _write_csv(path: Path, columns: list[str], rows: list[dict[str, object]]) -> Path:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from ctcovid.errors import ScanReadError
 from ctcovid.io.arrays import CANONICAL_DIRECTION, read_array
-from ctcovid.io.dicom import is_dicom_file, read_dicom_series
+from ctcovid.io.dicom import read_dicom_series
+from ctcovid.io.dicom_header import is_dicom_file
 from ctcovid.io.nifti import is_nifti_path, read_nifti
 from ctcovid.io.slices import IMAGE_SUFFIXES, list_slice_images, natural_key, read_slice_folder
 from ctcovid.io.write import write_dicom_series, write_nifti, write_slices

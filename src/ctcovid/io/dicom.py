@@ -1,7 +1,7 @@
 """DICOM series reader: a folder of single-frame CT images -> one :class:`~ctcovid.types.Volume`.
 
-Reading happens in two passes. The header pass parses only the tags we need from every file
-(``stop_before_pixels``), groups files by SeriesInstanceUID and picks a series. The pixel pass
+Reading happens in two passes. The header pass (:mod:`ctcovid.io.dicom_header`) parses only the
+tags we need from every file; files are grouped by SeriesInstanceUID and a series is picked. The pixel pass
 decodes only the chosen series: uncompressed little-endian pixels are read straight into the
 output array (no pydicom dataset per slice, which is most of the cost on a 300-slice series);
 compressed transfer syntaxes (JPEG Lossless, JPEG-LS, JPEG 2000, RLE) go through pydicom and the
@@ -17,245 +17,29 @@ import warnings
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pydicom
-from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from ctcovid.errors import ScanReadError
 from ctcovid.io.arrays import CANONICAL_DIRECTION
+from ctcovid.io.dicom_header import (
+    PARSE_ERRORS,
+    PIXEL_DATA_TAG,
+    Header,
+    describe_error,
+    scan_headers,
+)
 from ctcovid.types import ScanFormat, ScanSource, Units, Volume
 
 logger = logging.getLogger(__name__)
 
-# Garbage bytes can make pydicom (and the decoders behind it) fail in many ways; each of these has
-# been seen on real or fuzzed files. A file that fails is skipped and named, it never aborts a read.
-_PARSE_ERRORS: tuple[type[BaseException], ...] = (
-    InvalidDicomError, BytesLengthException, OSError, EOFError, ValueError, TypeError, KeyError,
-    IndexError, AttributeError, NotImplementedError, RuntimeError, OverflowError, MemoryError,
-    struct.error,
-)  # fmt: skip
-
-# The only tags the header pass needs (tag number -> pydicom keyword); US-valued ones in _US_TAGS.
-_HEADER_TAGS = {
-    0x00080016: "SOPClassUID", 0x00080060: "Modality", 0x0008103E: "SeriesDescription",
-    0x00100020: "PatientID", 0x0020000E: "SeriesInstanceUID", 0x00200013: "InstanceNumber",
-    0x00200032: "ImagePositionPatient", 0x00200037: "ImageOrientationPatient",
-    0x00180050: "SliceThickness", 0x00180088: "SpacingBetweenSlices", 0x00280002: "SamplesPerPixel",
-    0x00280008: "NumberOfFrames", 0x00280010: "Rows", 0x00280011: "Columns", 0x00280030: "PixelSpacing",
-    0x00280100: "BitsAllocated", 0x00280101: "BitsStored", 0x00280103: "PixelRepresentation",
-    0x00281052: "RescaleIntercept", 0x00281053: "RescaleSlope",
-}  # fmt: skip
-_US_TAGS = frozenset({0x00280002, 0x00280010, 0x00280011, 0x00280100, 0x00280101, 0x00280103})
-_LONG_VRS = frozenset(
-    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
-)
-_HEADER_CHUNK = 65536  # headers before the pixel data are a few kB; bigger ones go through pydicom
-_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
-_MAX_SIDE = 16384  # larger "images" come from corrupt headers; refusing them avoids huge allocations
 _POSITION_TOL_MM = 0.01  # positions closer than this are the same slice
 
 
-def _describe(e: BaseException, limit: int = 200) -> str:
-    """One short line for a skipped-file reason (pydicom messages can quote kilobytes of bytes)."""
-    text = f"{type(e).__name__}: {e}".replace("\n", " ")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-class _NotUsable(ValueError):
-    """A file that parsed but is not a slice we can use; the message is the reason shown to people."""
-
-
-@dataclass
-class _Header:
-    path: Path
-    series_uid: str
-    description: str
-    modality: str
-    patient_id: str | None
-    rows: int
-    cols: int
-    position: np.ndarray | None
-    iop: np.ndarray | None  # row cosine (3), column cosine (3)
-    pixel_spacing: tuple[float, float] | None
-    thickness: float | None
-    instance: int
-    slope: float
-    intercept: float
-    transfer_syntax: str
-    bits_allocated: int
-    bits_stored: int
-    signed: bool
-    pixel_offset: int  # file offset of the PixelData element, -1 when unknown
-    file_size: int
-
-
-def _floats(value: object, n: int) -> np.ndarray | None:
-    if value is None:
-        return None
-    try:
-        arr = np.asarray([float(v) for v in value], dtype=np.float64)  # type: ignore[attr-defined]
-    except (TypeError, ValueError):
-        return None
-    return arr if arr.shape == (n,) and np.all(np.isfinite(arr)) else None
-
-
-class _Unsupported(Exception):
-    """The fast header walker met something it leaves to pydicom (not an error in the file)."""
-
-
-def _walk(buf: bytes, pos: int, explicit: bool, out: dict[str, Any] | None, depth: int) -> int:
-    """Walk data elements from ``pos``; return the offset of the top-level PixelData tag, of the
-    byte after a delimiter (nested), or ``len(buf)``. Values of wanted top-level tags go to ``out``."""
-    if depth > 8:
-        raise _Unsupported("deeply nested sequences")
-    n = len(buf)
-    while pos + 8 <= n:
-        group, elem = struct.unpack_from("<HH", buf, pos)
-        tag = (group << 16) | elem
-        if tag in (0xFFFEE00D, 0xFFFEE0DD):  # item / sequence delimitation
-            return pos + 8
-        if tag == 0x7FE00010 and depth == 0:
-            return pos
-        vr = buf[pos + 4 : pos + 6] if explicit and group != 0xFFFE else b""
-        if vr in _LONG_VRS:
-            start, length = pos + 12, struct.unpack_from("<I", buf, pos + 8)[0] if pos + 12 <= n else 0
-        elif vr:
-            start, length = pos + 8, struct.unpack_from("<H", buf, pos + 6)[0]
-        else:
-            start, length = pos + 8, struct.unpack_from("<I", buf, pos + 4)[0]
-        if length == 0xFFFFFFFF:  # undefined length: a sequence or an item; UN content is implicit VR
-            pos = _walk(buf, start, explicit and vr != b"UN", None, depth + 1)
-            continue
-        if start + length > n:
-            raise _Unsupported("element runs past the bytes read")
-        if out is not None and tag in _HEADER_TAGS:
-            if tag in _US_TAGS:
-                out[_HEADER_TAGS[tag]] = struct.unpack_from("<H", buf, start)[0] if length >= 2 else None
-            else:
-                text = buf[start : start + length].decode("latin-1").strip("\x00 ")
-                out[_HEADER_TAGS[tag]] = text.split("\\") if "\\" in text else text
-        pos = start + length
-    return n
-
-
-def _fast_fields(path: Path) -> tuple[str, dict[str, Any], int, int]:
-    """(transfer syntax, wanted tag values, PixelData offset, file size) by a plain byte walk.
-
-    Parsing a header with pydicom costs ~0.6 ms per file, most of the time of reading a 300-slice
-    series; this walker needs ~0.1 ms. It handles the common case (preamble, little-endian
-    dataset, header shorter than _HEADER_CHUNK) and raises _Unsupported for anything else.
-    """
-    with open(path, "rb") as f:
-        buf = f.read(_HEADER_CHUNK)
-        size = f.seek(0, 2)
-    if buf[128:132] != b"DICM":
-        raise _Unsupported("no preamble")
-    meta: dict[str, Any] = {}
-    pos = 132
-    while pos + 8 <= len(buf) and buf[pos : pos + 2] == b"\x02\x00":  # group 0002, explicit VR LE
-        long_vr = buf[pos + 4 : pos + 6] in _LONG_VRS
-        start = pos + (12 if long_vr else 8)
-        length = struct.unpack_from("<I" if long_vr else "<H", buf, pos + (8 if long_vr else 6))[0]
-        if buf[pos + 2 : pos + 4] == b"\x10\x00":
-            meta["ts"] = buf[start : start + length].decode("latin-1").strip("\x00 ")
-        pos = start + length
-    ts = str(meta.get("ts", ""))
-    # Every other transfer syntax (encapsulated ones included) encodes the dataset explicit VR LE.
-    if not ts or ts in ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"):  # deflated, big endian
-        raise _Unsupported(f"transfer syntax {ts!r}")
-    fields: dict[str, Any] = {}
-    offset = _walk(buf, pos, ts != ImplicitVRLittleEndian, fields, 0)
-    if buf[offset : offset + 4] != _PIXEL_DATA_TAG:
-        raise _Unsupported("pixel data not found in the first bytes")
-    return ts, fields, offset, size
-
-
-def _pydicom_fields(path: Path) -> tuple[str, dict[str, Any], int, int]:
-    """Same as _fast_fields through pydicom (any transfer syntax, files without preamble)."""
-    with open(path, "rb") as f:
-        f.seek(128)
-        has_preamble = f.read(4) == b"DICM"
-        f.seek(0)
-        # force=True only for files without the preamble (old ACR-NEMA style exports); their content
-        # is then checked below, so a random file is not mistaken for DICOM.
-        tags = list(_HEADER_TAGS.values())
-        ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=tags, force=not has_preamble)
-        offset = f.tell()
-        at_pixels = f.read(4) == _PIXEL_DATA_TAG
-        size = f.seek(0, 2)
-    if not has_preamble and "SOPClassUID" not in ds and "Rows" not in ds:
-        raise _NotUsable("not a DICOM file (no 'DICM' preamble and no DICOM image tags)")
-    if not at_pixels:
-        raise _NotUsable("no pixel data (not an image: DICOMDIR, report or other non-image object)")
-    meta = getattr(ds, "file_meta", None)
-    ts = str(meta.get("TransferSyntaxUID", ImplicitVRLittleEndian)) if meta else ImplicitVRLittleEndian
-    return ts, {kw: ds.get(kw) for kw in tags}, offset, size
-
-
-def _read_header(path: Path) -> _Header:
-    """Parse the tags we need; raises _NotUsable (with the reason) or one of _PARSE_ERRORS."""
-    try:
-        ts, ds, offset, size = _fast_fields(path)
-    except _Unsupported:
-        ts, ds, offset, size = _pydicom_fields(path)
-    if int(ds.get("NumberOfFrames") or 1) > 1:
-        raise _NotUsable("multi-frame (enhanced) DICOM is not supported; export single-frame slices")
-    if int(ds.get("SamplesPerPixel") or 1) != 1:
-        raise _NotUsable("colour image (SamplesPerPixel != 1), not a CT slice")
-    rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
-    if not (0 < rows <= _MAX_SIDE and 0 < cols <= _MAX_SIDE):
-        raise _NotUsable(f"implausible image size Rows={rows} Columns={cols}")
-    ps = _floats(ds.get("PixelSpacing"), 2)
-    thick = _floats([ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or "nan"], 1)
-    bits = int(ds.get("BitsAllocated") or 16)
-    return _Header(
-        path=path,
-        series_uid=str(ds.get("SeriesInstanceUID") or ""),
-        description=str(ds.get("SeriesDescription") or ""),
-        modality=str(ds.get("Modality") or ""),
-        patient_id=str(ds["PatientID"]) if ds.get("PatientID") else None,
-        rows=rows,
-        cols=cols,
-        position=_floats(ds.get("ImagePositionPatient"), 3),
-        iop=_floats(ds.get("ImageOrientationPatient"), 6),
-        pixel_spacing=(float(ps[0]), float(ps[1])) if ps is not None and np.all(ps > 0) else None,
-        thickness=float(thick[0]) if thick is not None and thick[0] > 0 else None,
-        instance=int(ds.get("InstanceNumber") or 0),
-        slope=float(ds.get("RescaleSlope") or 1.0),
-        intercept=float(ds.get("RescaleIntercept") or 0.0),
-        transfer_syntax=ts,
-        bits_allocated=bits,
-        bits_stored=int(ds.get("BitsStored") or bits),
-        signed=int(ds.get("PixelRepresentation") or 0) == 1,
-        pixel_offset=offset,
-        file_size=size,
-    )
-
-
-def is_dicom_file(path: str | Path) -> bool:
-    """True when ``path`` is DICOM by content: the 'DICM' prefix at byte 128, or (for old files
-    without the preamble) a forced pydicom parse that finds image tags. The extension is ignored."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(128)
-            if f.read(4) == b"DICM":
-                return True
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(
-                path, force=True, stop_before_pixels=True, specific_tags=["SOPClassUID", "Rows"]
-            )
-    except _PARSE_ERRORS:
-        return False
-    return "SOPClassUID" in ds or "Rows" in ds
-
-
-def _raw_fast(h: _Header) -> np.ndarray | None:
+def _raw_fast(h: Header) -> np.ndarray | None:
     """Stored pixel values of an uncompressed little-endian slice read with numpy, else None."""
     if h.transfer_syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
         return None
@@ -271,7 +55,7 @@ def _raw_fast(h: _Header) -> np.ndarray | None:
         f.seek(h.pixel_offset)
         elem = f.read(head)
         length = struct.unpack("<I", elem[-4:])[0]
-        if elem[:4] != _PIXEL_DATA_TAG or length < nbytes or length == 0xFFFFFFFF:
+        if elem[:4] != PIXEL_DATA_TAG or length < nbytes or length == 0xFFFFFFFF:
             return None
         raw = np.empty((h.rows, h.cols), dtype=dtype)
         if f.readinto(raw.reshape(-1).view(np.uint8).data) != nbytes:
@@ -279,7 +63,7 @@ def _raw_fast(h: _Header) -> np.ndarray | None:
     return _fix_bits(raw, h)
 
 
-def _fix_bits(raw: np.ndarray, h: _Header) -> np.ndarray:
+def _fix_bits(raw: np.ndarray, h: Header) -> np.ndarray:
     """Mask unused high bits (unsigned) or sign-extend from BitsStored (signed)."""
     unused = h.bits_allocated - h.bits_stored
     if unused <= 0 or raw.dtype.kind not in "iu":
@@ -289,7 +73,7 @@ def _fix_bits(raw: np.ndarray, h: _Header) -> np.ndarray:
     return raw & np.asarray((1 << h.bits_stored) - 1, dtype=raw.dtype)
 
 
-def _raw_pydicom(h: _Header) -> np.ndarray:
+def _raw_pydicom(h: Header) -> np.ndarray:
     ds = pydicom.dcmread(h.path, force=True)
     arr = np.asarray(ds.pixel_array)
     if arr.shape != (h.rows, h.cols):
@@ -297,14 +81,14 @@ def _raw_pydicom(h: _Header) -> np.ndarray:
     return arr
 
 
-def _decode_into(h: _Header, out: np.ndarray) -> str | None:
+def _decode_into(h: Header, out: np.ndarray) -> str | None:
     """Write slice ``h`` in HU into ``out``; returns None or the reason the file was unreadable."""
     try:
         raw = _raw_fast(h)
         if raw is None:
             raw = _raw_pydicom(h)
-    except _PARSE_ERRORS as e:
-        return f"pixel data could not be decoded ({_describe(e)})"
+    except PARSE_ERRORS as e:
+        return f"pixel data could not be decoded ({describe_error(e)})"
     if h.slope == 1.0:
         np.add(raw, np.float32(h.intercept), out=out, casting="unsafe")
     else:
@@ -313,20 +97,20 @@ def _decode_into(h: _Header, out: np.ndarray) -> str | None:
     return None
 
 
-def _normal(h: _Header) -> np.ndarray:
+def _normal(h: Header) -> np.ndarray:
     assert h.iop is not None
     n = np.cross(h.iop[:3], h.iop[3:])
     norm = float(np.linalg.norm(n))
     return n / norm if norm > 1e-6 else np.array([0.0, 0.0, 1.0])
 
 
-def _series_summary(uid: str, hs: Sequence[_Header]) -> str:
+def _series_summary(uid: str, hs: Sequence[Header]) -> str:
     desc = hs[0].description or "no description"
     return f"{uid or '(no SeriesInstanceUID)'}: {len(hs)} files, {hs[0].modality or '?'} {desc}"
 
 
 def _choose_series(
-    folder: Path, series: dict[str, list[_Header]], series_uid: str | None, prefer: str | None
+    folder: Path, series: dict[str, list[Header]], series_uid: str | None, prefer: str | None
 ) -> str:
     if series_uid is not None:
         if series_uid not in series:
@@ -348,7 +132,7 @@ def _choose_series(
     return max(series, key=rank)
 
 
-def _majority(hs: list[_Header], key: str, skipped: list[tuple[str, str]]) -> list[_Header]:
+def _majority(hs: list[Header], key: str, skipped: list[tuple[str, str]]) -> list[Header]:
     """Keep the headers whose ``key`` value is the most common one; skip and name the others."""
     values = {
         "size": lambda h: (h.rows, h.cols),
@@ -363,8 +147,8 @@ def _majority(hs: list[_Header], key: str, skipped: list[tuple[str, str]]) -> li
 
 
 def _sort_along_normal(
-    hs: list[_Header], skipped: list[tuple[str, str]], warns: list[str]
-) -> tuple[list[_Header], np.ndarray | None]:
+    hs: list[Header], skipped: list[tuple[str, str]], warns: list[str]
+) -> tuple[list[Header], np.ndarray | None]:
     """Sort slices by position along the normal and drop duplicates; returns (headers, normal)."""
     with_pos = [h for h in hs if h.position is not None and h.iop is not None]
     if not with_pos:
@@ -407,18 +191,6 @@ def _check_spacing(pos: np.ndarray, warns: list[str]) -> float:
     return dz
 
 
-def _scan_headers(files: Sequence[Path], skipped: list[tuple[str, str]]) -> list[_Header]:
-    headers = []
-    for p in files:
-        try:
-            headers.append(_read_header(p))
-        except _NotUsable as e:
-            skipped.append((str(p), str(e)))
-        except _PARSE_ERRORS as e:
-            skipped.append((str(p), f"not a readable DICOM file ({_describe(e)})"))
-    return headers
-
-
 def read_dicom_series(path: str | Path, *, series_uid: str | None = None, workers: int = 2) -> Volume:
     """Read the DICOM series in folder ``path`` (or the series of the single file ``path``).
 
@@ -442,7 +214,7 @@ def read_dicom_series(path: str | Path, *, series_uid: str | None = None, worker
         # pydicom warns per file about non-conformant values (e.g. invalid UIDs); they do not
         # change what we read, and hundreds of identical lines would bury the warnings that do.
         warnings.simplefilter("ignore")
-        headers = _scan_headers(files, skipped)
+        headers = scan_headers(files, skipped)
         if not headers:
             raise ScanReadError(
                 path,
@@ -450,7 +222,7 @@ def read_dicom_series(path: str | Path, *, series_uid: str | None = None, worker
                 "check that this is a DICOM series folder; skipped: "
                 + "; ".join(f"{Path(p).name}: {r}" for p, r in skipped[:3]),
             )
-        series: dict[str, list[_Header]] = {}
+        series: dict[str, list[Header]] = {}
         for h in headers:
             series.setdefault(h.series_uid, []).append(h)
         prefer_uid = next((h.series_uid for h in headers if h.path == prefer), None)
@@ -483,7 +255,7 @@ def read_dicom_series(path: str | Path, *, series_uid: str | None = None, worker
 def _assemble(
     path: Path,
     voxels: np.ndarray,
-    chosen: list[_Header],
+    chosen: list[Header],
     normal: np.ndarray | None,
     uid: str,
     other: list[str],

@@ -305,13 +305,18 @@ class ResNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The last stage's feature map, ``(B, num_features, *spatial / 32)`` with the default stem."""
+        """The last stage's feature map (what Grad-CAM weighs), before pooling.
+
+        ``(B, num_features, D/16, H/32, W/32)`` with the Hara stem (depth stride 1, max-pool).
+        """
         self._check_input(x)
-        x = self.stem(x)  # (B, 64, D / stem depth stride, H/4, W/4) for the Hara stem
-        x = self.layer1(x)  # (B, 64 * e, ...) same size; e = block expansion
-        x = self.layer2(x)  # (B, 128 * e, ... / 2)
-        x = self.layer3(x)  # (B, 256 * e, ... / 4)
-        return self.layer4(x)  # (B, 512 * e, ... / 8)
+        # Shapes for the Hara stem; S = the stem's output size: (D/2, H/4, W/4) here, (D, H/2, W/2)
+        # for the R(2+1)D stem, (H/4, W/4) for 2D slices.
+        x = self.stem(x)  # (B, 64, *S)
+        x = self.layer1(x)  # (B, 64 * e, *S); e = block expansion (1 basic, 4 bottleneck)
+        x = self.layer2(x)  # (B, 128 * e, *S/2)
+        x = self.layer3(x)  # (B, 256 * e, *S/4)
+        return self.layer4(x)  # (B, 512 * e, *S/8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.forward_features(x)
@@ -320,6 +325,8 @@ class ResNet(nn.Module):
         return self.fc(x)  # (B, num_classes) logits
 
     def _check_input(self, x: torch.Tensor) -> None:
+        if torch.jit.is_tracing():
+            return  # the trace fixes the shape anyway, and the check would warn on every trace
         if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
             layout = "(B, C, H, W)" if self.spatial_dims == 2 else "(B, C, D, H, W)"
             raise ModelArgumentError(

@@ -117,9 +117,13 @@ def load_pretrained(
         raise WeightLoadError(f"unknown weight source {source!r}; use one of {', '.join(_SOURCES)}")
     checkpoint = _read(path_or_state_dict)
     state = _unwrap(checkpoint)
-    layout: str = _detect(checkpoint, state) if source == "auto" else source
-
     ours = model.state_dict()
+    layout: str = _detect(checkpoint, state, ours) if source == "auto" else source
+    if layout != "ctcovid" and _STEM_CONV not in ours:
+        raise WeightLoadError(
+            f"{type(model).__name__} has no Hara-style stem ('{_STEM_CONV}'), so {layout} ResNet weights "
+            "do not map onto it; they fit r3d_*, ct_s* and resnet50_2d"
+        )
     new_state = dict(ours)
     loaded: list[str] = []
     unexpected: list[str] = []
@@ -142,8 +146,10 @@ def load_pretrained(
             continue
         target = ours[key]
         if key == _STEM_CONV and tensor.shape != target.shape:
-            tensor = _adapt_input_channels(tensor, target.shape, their_key)
-            adapted.append(key)
+            adapted_weight = _adapt_input_channels(tensor, target.shape)
+            if adapted_weight is not None:
+                tensor = adapted_weight
+                adapted.append(key)
         if tensor.shape != target.shape:
             if key.startswith(_HEAD_PREFIX):
                 skipped.append(key)  # another num_classes: keep the new head
@@ -211,16 +217,18 @@ def _unwrap(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in tensors.items()}
 
 
-def _detect(checkpoint: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> str:
-    if _STEM_CONV in state:
-        return "ctcovid"
+def _detect(
+    checkpoint: Mapping[str, Any], state: Mapping[str, torch.Tensor], ours: Mapping[str, torch.Tensor]
+) -> str:
+    if any(k.startswith("stem.") and k in ours for k in state):
+        return "ctcovid"  # our own names (any family: the R(2+1)D stem differs from the Hara one)
     if any(k.startswith("conv_seg.") for k in state):
         return "medicalnet"
     if "conv1.weight" in state:
         return "hara" if "arch" in checkpoint else "monai"
     raise WeightLoadError(
         "cannot tell the checkpoint's layout: expected a ResNet with 'conv1.weight' (MONAI, "
-        f"MedicalNet, Hara, torchvision) or '{_STEM_CONV}' (ctcovid); first keys: "
+        "MedicalNet, Hara, torchvision) or this model's own 'stem.*' keys (ctcovid); first keys: "
         f"{', '.join(list(state)[:5])}"
     )
 
@@ -231,22 +239,17 @@ def _rename(key: str) -> str:
     return key
 
 
-def _adapt_input_channels(weight: torch.Tensor, shape: torch.Size, their_key: str) -> torch.Tensor:
+def _adapt_input_channels(weight: torch.Tensor, shape: torch.Size) -> torch.Tensor | None:
+    """The first convolution's weight for another number of input channels, or None if impossible."""
     have, want = weight.shape[1], shape[1]
     if weight.shape[:1] + weight.shape[2:] != shape[:1] + shape[2:]:
-        raise WeightLoadError(
-            f"first convolution '{their_key}' has shape {tuple(weight.shape)}, the model's {tuple(shape)}: "
-            "match the kernel (e.g. conv1_depth_kernel) to the checkpoint"
-        )
+        return None  # the kernel differs too: a real mismatch
     if want == 1:
         return weight.sum(dim=1, keepdim=True)
     if have == 1:
         # Spread one channel's filter over all inputs, scaled so a constant input responds the same.
         return weight.repeat(1, want, *([1] * (weight.ndim - 2))) / want
-    raise WeightLoadError(
-        f"checkpoint's first convolution takes {have} channels, the model {want}; "
-        f"build the model with in_channels={have} or 1"
-    )
+    return None
 
 
 def _fold_shortcut_biases(
@@ -285,5 +288,10 @@ def _mismatch_message(
         parts.append("hint: the checkpoint has projection shortcuts; build the model with shortcut='B'")
     if any(".shortcut." in k for k in missing):
         parts.append("hint: the checkpoint has zero-padding shortcuts; build the model with shortcut='A'")
+    if any(k.startswith(_STEM_CONV) for k in mismatched):
+        parts.append(
+            "hint: the first convolution differs; build the model with the checkpoint's in_channels "
+            "(or 1) and conv1_depth_kernel"
+        )
     parts.append("pass strict=False to load what matches")
     return "; ".join(parts)

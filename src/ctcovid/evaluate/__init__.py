@@ -1,0 +1,1 @@
+"""Evaluation of trained checkpoints (metrics, reports); sweeps and comparisons build on it."""
