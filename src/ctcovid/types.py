@@ -85,8 +85,12 @@ class ScanSource:
     warnings: list[str] = field(default_factory=list)
 
 
-def _identity() -> np.ndarray:
-    return np.eye(3, dtype=np.float64)
+# Columns: LPS unit vectors of array axes (z, y, x) in the canonical axial orientation above.
+CANONICAL_DIRECTION: tuple[tuple[float, float, float], ...] = ((0.0, 0.0, 1.0), (0.0, 1.0, 0.0), (1.0, 0.0, 0.0))
+
+
+def _canonical() -> np.ndarray:
+    return np.array(CANONICAL_DIRECTION, dtype=np.float64)
 
 
 @dataclass
@@ -96,7 +100,7 @@ class Volume:
     voxels: np.ndarray
     spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
     origin_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    direction: np.ndarray = field(default_factory=_identity)
+    direction: np.ndarray = field(default_factory=_canonical)
     units: Units = Units.HU
     source: ScanSource | None = None
     spacing_known: bool = True  # False for slice images without geometry (spacing defaults to 1 mm)

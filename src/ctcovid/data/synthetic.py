@@ -105,6 +105,33 @@ def draw_grid(
     return (d, h, h), (round(coverage / d, 4), round(fov / h, 4), round(fov / h, 4))
 
 
+def _resolve_grid(
+    rng: np.random.Generator,
+    patient: Patient,
+    shape: tuple[int, int, int] | None,
+    spacing_mm: tuple[float, float, float] | None,
+) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """Fill in whichever of shape and spacing is missing from a drawn field of view and coverage."""
+    if shape is None or spacing_mm is None:
+        (d, h, w), (sz, sy, sx) = draw_grid(rng, patient)
+        cov, fov = d * sz, h * sy
+        if shape is not None:  # keep the requested grid, spread the drawn field over it
+            spacing_mm = (cov / shape[0], fov / shape[1], fov / shape[2])
+        elif spacing_mm is not None:  # keep the requested voxels, cover the drawn field with them
+            shape = (round(cov / spacing_mm[0]), round(fov / spacing_mm[1]), round(fov / spacing_mm[2]))
+        else:
+            shape, spacing_mm = (d, h, w), (sz, sy, sx)
+    if len(shape) != 3 or int(shape[0]) < 1 or min(int(shape[1]), int(shape[2])) < 16:
+        raise ConfigError(f"shape {tuple(shape)} must be (slices >= 1, rows >= 16, columns >= 16)")
+    if len(spacing_mm) != 3 or not all(float(x) > 0 for x in spacing_mm):
+        raise ConfigError(f"spacing_mm {tuple(spacing_mm)} must be three positive numbers (z, y, x)")
+    return (int(shape[0]), int(shape[1]), int(shape[2])), (
+        float(spacing_mm[0]),
+        float(spacing_mm[1]),
+        float(spacing_mm[2]),
+    )
+
+
 def synth_case(
     label: str,
     *,
@@ -128,25 +155,10 @@ def synth_case(
         if isinstance(severity_score, bool) or severity_score not in SEVERITY_INVOLVEMENT:
             raise ConfigError(f"severity_score {severity_score!r} is outside the CNCB scale 1..6")
     patient = patient if patient is not None else Patient.random(rng)
-    if shape is None or spacing_mm is None:
-        drawn_shape, drawn_spacing = draw_grid(rng, patient)
-        if shape is not None:  # keep the requested grid, spread the drawn field of view over it
-            fov = drawn_spacing[1] * drawn_shape[1]
-            cov = drawn_spacing[0] * drawn_shape[0]
-            drawn_spacing = (cov / shape[0], fov / shape[1], fov / shape[2])
-        elif spacing_mm is not None:
-            fov, cov = drawn_spacing[1] * drawn_shape[1], drawn_spacing[0] * drawn_shape[0]
-            drawn_shape = (round(cov / spacing_mm[0]), round(fov / spacing_mm[1]), round(fov / spacing_mm[2]))
-        shape, spacing_mm = shape or drawn_shape, spacing_mm or drawn_spacing
-    shape = tuple(int(n) for n in shape)  # type: ignore[assignment]
-    spacing_mm = tuple(float(s) for s in spacing_mm)  # type: ignore[assignment]
-    if len(shape) != 3 or shape[0] < 1 or min(shape[1:]) < 16:
-        raise ConfigError(f"shape {shape} must be (slices >= 1, rows >= 16, columns >= 16)")
-    if len(spacing_mm) != 3 or min(spacing_mm) <= 0:
-        raise ConfigError(f"spacing_mm {spacing_mm} must be three positive numbers (z, y, x)")
-    field_mm = tuple(n * s for n, s in zip(shape, spacing_mm, strict=True))
-    placement = Placement.random(rng, patient, field_mm)  # type: ignore[arg-type]
-    anat = render_anatomy(patient, shape, spacing_mm, placement, rng)  # type: ignore[arg-type]
+    shape, spacing_mm = _resolve_grid(rng, patient, shape, spacing_mm)
+    field_mm = (shape[0] * spacing_mm[0], shape[1] * spacing_mm[1], shape[2] * spacing_mm[2])
+    placement = Placement.random(rng, patient, field_mm)
+    anat = render_anatomy(patient, shape, spacing_mm, placement, rng)
 
     if label == Diagnosis.NCP.value:
         if severity_score is None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ctcovid.errors import ScanReadError
+from ctcovid.types import CANONICAL_DIRECTION as _CANONICAL
 from ctcovid.types import ScanFormat, ScanSource, Units, Volume
 
 logger = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ logger = logging.getLogger(__name__)
 # Columns are the LPS directions of array axes (z, y, x) in the canonical orientation of
 # ctcovid.types: axis 0 -> +z (superior), axis 1 -> +y (posterior), axis 2 -> +x (patient left).
 # This is what an axial DICOM series with ImageOrientationPatient (1,0,0,0,1,0) reads as.
-CANONICAL_DIRECTION = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+CANONICAL_DIRECTION = np.array(_CANONICAL)
 
 _VOXEL_KEYS = ("volume", "image")
 _META_SHAPES = {"spacing_mm": (3,), "origin_mm": (3,), "direction": (3, 3)}
