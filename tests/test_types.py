@@ -24,8 +24,10 @@ def test_index_to_lps_follows_direction_and_spacing() -> None:
     np.testing.assert_allclose(v.index_to_lps((2, 4, 8)), [10 + 6.0, 20 + 2.0, 30 + 5.0])
 
 
-@pytest.mark.parametrize(("score", "want"), [(1, Severity.LOW), (2, Severity.LOW), (3, Severity.MEDIUM),
-                                             (4, Severity.HIGH), (6, Severity.HIGH)])
+@pytest.mark.parametrize(
+    ("score", "want"),
+    [(1, Severity.LOW), (2, Severity.LOW), (3, Severity.MEDIUM), (4, Severity.HIGH), (6, Severity.HIGH)],
+)
 def test_severity_grouping_matches_covidnet_ct_s(score: int, want: Severity) -> None:
     assert severity_from_score(score) is want
 

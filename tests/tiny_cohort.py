@@ -15,11 +15,18 @@ def make_cohort(root: Path, n_per_class: int = 8, shape: tuple[int, int, int] = 
     rng = np.random.default_rng(0)
     root.mkdir(parents=True, exist_ok=True)
     rows = []
-    zz, yy, xx = np.mgrid[: shape[0], : shape[1], : shape[2]]
+    _, yy, xx = np.mgrid[: shape[0], : shape[1], : shape[2]]
     body = ((yy - shape[1] / 2) / (shape[1] * 0.42)) ** 2 + ((xx - shape[2] / 2) / (shape[2] * 0.45)) ** 2 < 1
-    lungs = body & (np.abs(xx - shape[2] / 2) > 2) & (((yy - shape[1] / 2) / (shape[1] * 0.3)) ** 2
-                                                     + ((np.abs(xx - shape[2] / 2) - shape[2] * 0.2) / (shape[2] * 0.15)) ** 2 < 1)
-    for c, label in enumerate(LABELS):
+    lungs = (
+        body
+        & (np.abs(xx - shape[2] / 2) > 2)
+        & (
+            ((yy - shape[1] / 2) / (shape[1] * 0.3)) ** 2
+            + ((np.abs(xx - shape[2] / 2) - shape[2] * 0.2) / (shape[2] * 0.15)) ** 2
+            < 1
+        )
+    )
+    for label in LABELS:
         for i in range(n_per_class):
             vol = np.where(body, 40.0, -1000.0)
             vol[lungs] = -850.0
@@ -30,8 +37,11 @@ def make_cohort(root: Path, n_per_class: int = 8, shape: tuple[int, int, int] = 
             vol += rng.normal(0, 15, shape)
             path = root / f"{label}_{i}.npy"
             np.save(path, vol.astype(np.float32))
-            rows.append(ManifestRow(f"{label}_{i}", f"p_{label}_{i}", path.name, label, format="numpy",
-                                    n_slices=shape[0]))
+            rows.append(
+                ManifestRow(
+                    f"{label}_{i}", f"p_{label}_{i}", path.name, label, format="numpy", n_slices=shape[0]
+                )
+            )
     return write_manifest(rows, root / "manifest.csv")
 
 

@@ -40,7 +40,9 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def model_state_is_finite(model: nn.Module) -> bool:
-    return all(torch.isfinite(t).all().item() for t in unwrap(model).state_dict().values() if t.is_floating_point())
+    return all(
+        torch.isfinite(t).all().item() for t in unwrap(model).state_dict().values() if t.is_floating_point()
+    )
 
 
 def make_checkpoint(
@@ -105,7 +107,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"'{p}' is not a ctcovid checkpoint (no format={FORMAT!r} key)")
     if ckpt.get("version", 0) > VERSION:
-        raise CheckpointError(f"'{p}' has checkpoint version {ckpt['version']}; this ctcovid reads <= {VERSION}")
+        raise CheckpointError(
+            f"'{p}' has checkpoint version {ckpt['version']}; this ctcovid reads <= {VERSION}"
+        )
     ckpt["path"] = str(p)
     return ckpt
 

@@ -95,7 +95,9 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)} ({value!r})")
-            return tuple(_check_type(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+            return tuple(
+                _check_type(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
+            )
         inner = args[0] if args else Any
         items = [_check_type(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
@@ -146,9 +148,7 @@ def from_dict(cls: type[T], data: dict[str, Any], section: str = "") -> T:
         if key not in fields:
             close = difflib.get_close_matches(key, list(fields), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(
-                f"unknown key '{prefix}{key}'{hint}; valid keys: {', '.join(sorted(fields))}"
-            )
+            raise ConfigError(f"unknown key '{prefix}{key}'{hint}; valid keys: {', '.join(sorted(fields))}")
         kwargs[key] = _check_type(value, hints[key], f"{prefix}{key}")
     try:
         return cls(**kwargs)

@@ -86,7 +86,11 @@ class ScanSource:
 
 
 # Columns: LPS unit vectors of array axes (z, y, x) in the canonical axial orientation above.
-CANONICAL_DIRECTION: tuple[tuple[float, float, float], ...] = ((0.0, 0.0, 1.0), (0.0, 1.0, 0.0), (1.0, 0.0, 0.0))
+CANONICAL_DIRECTION: tuple[tuple[float, float, float], ...] = (
+    (0.0, 0.0, 1.0),
+    (0.0, 1.0, 0.0),
+    (1.0, 0.0, 0.0),
+)
 
 
 def _canonical() -> np.ndarray:
@@ -127,9 +131,7 @@ class Volume:
     def warnings(self) -> list[str]:
         return self.source.warnings if self.source else []
 
-    def with_voxels(
-        self, voxels: np.ndarray, spacing_mm: tuple[float, float, float] | None = None
-    ) -> Volume:
+    def with_voxels(self, voxels: np.ndarray, spacing_mm: tuple[float, float, float] | None = None) -> Volume:
         """A copy holding new voxels (and optionally a new spacing), metadata kept."""
         return dataclasses.replace(
             self, voxels=voxels, spacing_mm=spacing_mm if spacing_mm is not None else self.spacing_mm

@@ -29,7 +29,7 @@ def test_entries_are_reused_and_rebuilt_when_the_source_changes(tmp_path: Path) 
     cache = _cache(manifest)
     assert cache.build(rows) == 6 and cache.build(rows) == 0
     a = np.array(cache.load(rows[0]))
-    assert a.shape == (1, 8, 24, 24) and 0 <= a.min() and a.max() <= 1
+    assert a.shape == (1, 8, 24, 24) and a.min() >= 0 and a.max() <= 1
     src = rows[0].resolve(manifest.parent)
     np.save(src, np.full((10, 24, 24), -1000, np.float32))
     os.utime(src, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
@@ -53,7 +53,9 @@ def test_torn_entry_is_ignored_and_rebuilt(tmp_path: Path) -> None:
 def test_sigkill_during_preprocess_then_rerun_completes_without_rebuilding(tmp_path: Path) -> None:
     manifest = make_cohort(tmp_path / "c", n_per_class=20, shape=(30, 64, 64))
     cfg = tmp_path / "cfg.toml"
-    cfg.write_text(TINY_CONFIG.format(manifest=manifest, epochs=1).replace("body_crop = false", "body_crop = true"))
+    cfg.write_text(
+        TINY_CONFIG.format(manifest=manifest, epochs=1).replace("body_crop = false", "body_crop = true")
+    )
     cmd = [sys.executable, "-m", "ctcovid", "preprocess", str(cfg), "--workers", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cache_root = manifest.parent / ".ctcovid_cache"

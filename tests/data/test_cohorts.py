@@ -49,7 +49,15 @@ def _cc_ccii(root: Path) -> Path:
 
 
 def test_registry_lists_every_cohort() -> None:
-    assert set(list_importers()) >= {"cc-ccii", "cncb-severity", "mosmed", "covid-ct-md", "medmnist", "folder", "csv"}
+    assert set(list_importers()) >= {
+        "cc-ccii",
+        "cncb-severity",
+        "mosmed",
+        "covid-ct-md",
+        "medmnist",
+        "folder",
+        "csv",
+    }
 
 
 def test_unknown_kind_lists_the_valid_ones() -> None:
@@ -74,7 +82,9 @@ def test_cc_ccii_flags_known_defects_and_reconciles(tmp_path: Path) -> None:
     assert any("not on disk" in w for w in res.warnings)
 
 
-def test_cli_import_writes_a_valid_manifest_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_import_writes_a_valid_manifest_and_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     root = _cc_ccii(tmp_path / "ccii")
     out = tmp_path / "elsewhere" / "manifest.csv"
     assert main(["import", "cc-ccii", str(root), "-o", str(out), "--option", "min_slices=5"]) == 0
@@ -87,7 +97,9 @@ def test_cli_import_writes_a_valid_manifest_and_summary(tmp_path: Path, capsys: 
 
 def test_cli_import_rejects_unknown_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = _cc_ccii(tmp_path / "ccii")
-    assert main(["import", "cc-ccii", str(root), "-o", str(tmp_path / "m.csv"), "--option", "min_slice=5"]) == 2
+    assert (
+        main(["import", "cc-ccii", str(root), "-o", str(tmp_path / "m.csv"), "--option", "min_slice=5"]) == 2
+    )
     assert "unknown option 'min_slice' for importer 'cc-ccii'; valid: min_slices" in capsys.readouterr().err
 
 
@@ -102,9 +114,12 @@ def test_cncb_groups_scores_with_offset_and_column_options(tmp_path: Path) -> No
         for s in range(n):
             _slice_folder(tmp_path / "NCP" / pid / f"{pid}0{s}", 20)
     _slice_folder(tmp_path / "CP" / "50" / "500", 20)  # not COVID: ignored by layout
-    (tmp_path / "clinical.csv").write_text("Patient ID,Score 0-5,Age\n11,0,50\n12,2,60\n13,5,70\n14,abc,1\n15,1,40\n")
-    res = import_cohort("cncb-severity", str(tmp_path), metadata="clinical.csv", score_column="Score 0-5",
-                        score_offset=1)
+    (tmp_path / "clinical.csv").write_text(
+        "Patient ID,Score 0-5,Age\n11,0,50\n12,2,60\n13,5,70\n14,abc,1\n15,1,40\n"
+    )
+    res = import_cohort(
+        "cncb-severity", str(tmp_path), metadata="clinical.csv", score_column="Score 0-5", score_offset=1
+    )
     got = {r.patient_id: (r.severity_score, r.label) for r in res.rows}
     assert got == {"11": (1, "low"), "12": (3, "medium"), "13": (6, "high")}
     reasons = dict(res.skipped)
@@ -156,28 +171,43 @@ def test_covid_ct_md_maps_diagnoses(tmp_path: Path) -> None:
             dcm(tmp_path / sub / f"x{k}.dcm")
     (tmp_path / "Index.csv").write_text(
         "Label Index,Diagnosis,Relative Path,Folder/ID\n0,COVID-19,./COVID-19/,P001\n1,CAP,./CAP/,cap001\n"
-        "2,Normal,./Normal/,normal001\n3,COVID-19,./COVID-19/,P404\n4,Flu,./Flu/,f1\n")
+        "2,Normal,./Normal/,normal001\n3,COVID-19,./COVID-19/,P404\n4,Flu,./Flu/,f1\n"
+    )
     res = import_cohort("covid-ct-md", str(tmp_path))
-    assert {(r.scan_id, r.label, r.n_slices) for r in res.rows} == {("P001", "NCP", 3), ("cap001", "CP", 3),
-                                                                    ("normal001", "Normal", 3)}
+    assert {(r.scan_id, r.label, r.n_slices) for r in res.rows} == {
+        ("P001", "NCP", 3),
+        ("cap001", "CP", 3),
+        ("normal001", "Normal", 3),
+    }
     assert res.found == 5 and any("unknown diagnosis 'Flu'" in why for _, why in res.skipped)
 
 
 def test_medmnist_keeps_official_splits(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     path = tmp_path / "organmnist3d.npz"
-    np.savez(path, train_images=rng.integers(0, 255, (4, 28, 28, 28), dtype=np.uint8),
-             train_labels=np.array([[0], [1], [2], [1]]), val_images=np.zeros((1, 28, 28, 28), np.uint8),
-             val_labels=np.array([[3]]), test_images=np.zeros((2, 28, 28, 28), np.uint8),
-             test_labels=np.array([[0], [4]]))
+    np.savez(
+        path,
+        train_images=rng.integers(0, 255, (4, 28, 28, 28), dtype=np.uint8),
+        train_labels=np.array([[0], [1], [2], [1]]),
+        val_images=np.zeros((1, 28, 28, 28), np.uint8),
+        val_labels=np.array([[3]]),
+        test_images=np.zeros((2, 28, 28, 28), np.uint8),
+        test_labels=np.array([[0], [4]]),
+    )
     res = import_cohort("medmnist", str(path))
-    assert [(r.split, r.label) for r in res.rows][:5] == [("train", "0"), ("train", "1"), ("train", "2"),
-                                                          ("train", "1"), ("val", "3")]
+    assert [(r.split, r.label) for r in res.rows][:5] == [
+        ("train", "0"),
+        ("train", "1"),
+        ("train", "2"),
+        ("train", "1"),
+        ("val", "3"),
+    ]
     assert res.rows[-1].path == "organmnist3d.npz#test:1"
     from ctcovid.data.cohorts.medmnist import load_medmnist_volume
 
-    np.testing.assert_array_equal(load_medmnist_volume(path, "train:2"),
-                                  np.load(path)["train_images"][2].astype(np.float32))
+    np.testing.assert_array_equal(
+        load_medmnist_volume(path, "train:2"), np.load(path)["train_images"][2].astype(np.float32)
+    )
 
 
 def test_folder_and_csv_importers(tmp_path: Path) -> None:

@@ -19,7 +19,9 @@ def _rows(tmp_path: Path) -> list[ManifestRow]:
     for name in ("a", "b", "c"):
         (tmp_path / name).mkdir()
     return [
-        ManifestRow("s1", "p1", "a", "NCP", format="slices", n_slices=40, flags=("few_slices", "empty_files=2")),
+        ManifestRow(
+            "s1", "p1", "a", "NCP", format="slices", n_slices=40, flags=("few_slices", "empty_files=2")
+        ),
         ManifestRow("s2", "p1", "b", "NCP", n_slices=30),
         ManifestRow("s3", "p2", "c", "Normal", n_slices=20),
     ]
@@ -40,9 +42,18 @@ def _write_csv(path: Path, lines: list[str]) -> Path:
 @pytest.mark.parametrize(
     ("lines", "message"),
     [
-        (["s1,p1,a,,NCP,,,,,,", "s2,p2,b,,covid,,,,,,"], r"row 3, column 'label': unknown label 'covid'; expected one of NCP, CP, Normal"),
-        (["s1,p1,a,,NCP,,,,,,", "s1,p2,b,,NCP,,,,,,"], r"row 3, column 'scan_id': duplicate scan_id 's1' \(first at row 2\)"),
-        (["s1,p1,a,,NCP,,,,,,", "s2,p1,b,,CP,,,,,,"], r"row 3, column 'label': patient 'p1' is labelled 'CP' here but 'NCP' at row 2"),
+        (
+            ["s1,p1,a,,NCP,,,,,,", "s2,p2,b,,covid,,,,,,"],
+            r"row 3, column 'label': unknown label 'covid'; expected one of NCP, CP, Normal",
+        ),
+        (
+            ["s1,p1,a,,NCP,,,,,,", "s1,p2,b,,NCP,,,,,,"],
+            r"row 3, column 'scan_id': duplicate scan_id 's1' \(first at row 2\)",
+        ),
+        (
+            ["s1,p1,a,,NCP,,,,,,", "s2,p1,b,,CP,,,,,,"],
+            r"row 3, column 'label': patient 'p1' is labelled 'CP' here but 'NCP' at row 2",
+        ),
         (["s1,p1,missing_dir,,NCP,,,,,,"], r"row 2, column 'path': file not found"),
         (["s1,p1,a,,NCP,9,,,,,"], r"row 2, column 'severity_score': 9 is outside 0..6"),
         (["s1,p1,a,,NCP,x,,,,,"], r"row 2, column 'severity_score': 'x' is not a number"),
@@ -60,7 +71,9 @@ def test_validation_names_row_and_column(tmp_path: Path, lines: list[str], messa
 def test_wrong_columns_name_the_file_and_expected_columns(tmp_path: Path) -> None:
     path = tmp_path / "bad.csv"
     path.write_text("id,file,class\n1,a,NCP\n")
-    with pytest.raises(ManifestError, match=r"bad.csv': missing column\(s\) scan_id, patient_id, path, label"):
+    with pytest.raises(
+        ManifestError, match=r"bad.csv': missing column\(s\) scan_id, patient_id, path, label"
+    ):
         read_manifest(path)
 
 

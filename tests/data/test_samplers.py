@@ -45,7 +45,9 @@ def test_epochs_differ_and_are_reproducible() -> None:
 
 def test_ddp_ranks_get_disjoint_shares_of_one_sequence() -> None:
     single = list(ClassUniformBatchSampler(TARGETS, batch_size=6, seed=3))
-    ranks = [list(ClassUniformBatchSampler(TARGETS, batch_size=6, seed=3, rank=r, world_size=3)) for r in range(3)]
+    ranks = [
+        list(ClassUniformBatchSampler(TARGETS, batch_size=6, seed=3, rank=r, world_size=3)) for r in range(3)
+    ]
     assert len({len(r) for r in ranks}) == 1
     assert [b for i in range(len(ranks[0])) for b in (r[i] for r in ranks)][: len(single)] == single
     for r in ranks:

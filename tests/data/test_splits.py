@@ -14,13 +14,21 @@ from ctcovid.errors import ConfigError
 
 def _cohort(spec: list[tuple[str, int]]) -> list[ManifestRow]:
     """spec: one (label, n_scans) per patient."""
-    return [ManifestRow(f"s{p}_{k}", f"p{p}", f"x{p}_{k}", label) for p, (label, n) in enumerate(spec) for k in range(n)]
+    return [
+        ManifestRow(f"s{p}_{k}", f"p{p}", f"x{p}_{k}", label)
+        for p, (label, n) in enumerate(spec)
+        for k in range(n)
+    ]
 
 
 @settings(max_examples=60, deadline=None)
 @given(
-    spec=st.lists(st.tuples(st.sampled_from(["NCP", "CP", "Normal"]), st.integers(1, 4)), min_size=1, max_size=40),
-    val=st.floats(0, 0.45), test=st.floats(0, 0.45), seed=st.integers(0, 2**16),
+    spec=st.lists(
+        st.tuples(st.sampled_from(["NCP", "CP", "Normal"]), st.integers(1, 4)), min_size=1, max_size=40
+    ),
+    val=st.floats(0, 0.45),
+    test=st.floats(0, 0.45),
+    seed=st.integers(0, 2**16),
 )
 def test_split_never_leaks_a_patient(spec: list[tuple[str, int]], val: float, test: float, seed: int) -> None:
     rows = _cohort(spec)
@@ -53,8 +61,9 @@ def test_bad_fractions_are_rejected() -> None:
         split_patients([], val=0.6, test=0.5)
 
 
-def test_cli_split_writes_next_to_manifest_and_check_catches_leaks(tmp_path: Path,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_split_writes_next_to_manifest_and_check_catches_leaks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     rows = _cohort([("NCP", 3)] * 10 + [("CP", 1)] * 10)
     m = write_manifest(rows, tmp_path / "cohort.csv")
     assert main(["split", str(m), "--val", "0.2", "--test", "0.2", "--folds", "5"]) == 0

@@ -22,13 +22,23 @@ def _history(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_training_lowers_the_loss_and_writes_a_self_describing_run(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+def test_training_lowers_the_loss_and_writes_a_self_describing_run(
+    tiny_run: tuple[Path, Path], tmp_path: Path
+) -> None:
     cfg_path, _ = tiny_run
     result = fit(load_run_config(cfg_path), tmp_path / "run")
     hist = _history(tmp_path / "run")
     assert [h["epoch"] for h in hist] == [0, 1, 2] == [h["epoch"] for h in result.history]
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
-    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_auroc", "lr", "samples_per_s"):
+    for key in (
+        "train_loss",
+        "train_accuracy",
+        "val_loss",
+        "val_accuracy",
+        "val_auroc",
+        "lr",
+        "samples_per_s",
+    ):
         assert key in hist[0]
     for name in ("checkpoint_last.pt", "checkpoint_best.pt", "config.json", "split.csv", "train.log"):
         assert (tmp_path / "run" / name).is_file(), name
@@ -47,7 +57,9 @@ def test_resume_after_sigkill_ends_with_the_same_weights(tiny_run: tuple[Path, P
     ref = tmp_path / "uninterrupted"
     subprocess.run([*cmd, "--out", str(ref)], check=True, env=env, capture_output=True)
     run = tmp_path / "killed"
-    proc = subprocess.Popen([*cmd, "--out", str(run)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*cmd, "--out", str(run)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while not (run / "checkpoint_last.pt").exists() and time.time() < deadline:
         time.sleep(0.02)
@@ -69,9 +81,27 @@ def test_ddp_with_two_gloo_ranks_trains(tiny_run: tuple[Path, Path], tmp_path: P
     cfg_path, _ = tiny_run
     out = tmp_path / "ddp"
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m", "ctcovid",
-         "train", str(cfg_path), "--set", "train.epochs=1", "--set", "train.deterministic=false", "--out", str(out)],
-        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--standalone",
+            "-m",
+            "ctcovid",
+            "train",
+            str(cfg_path),
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "train.deterministic=false",
+            "--out",
+            str(out),
+        ],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(_history(out)) == 1
@@ -90,7 +120,11 @@ def test_ddp_with_two_gloo_ranks_trains(tiny_run: tuple[Path, Path], tmp_path: P
     ],
 )
 def test_bad_config_fails_before_training_naming_the_key(
-    tiny_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], override: str, message: str
+    tiny_run: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    override: str,
+    message: str,
 ) -> None:
     cfg_path, _ = tiny_run
     assert main(["train", str(cfg_path), "--set", override, "--out", str(tmp_path / "bad")]) == 2

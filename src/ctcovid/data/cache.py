@@ -109,7 +109,9 @@ class PreprocessCache:
     def missing(self, rows: Sequence[ManifestRow]) -> list[ManifestRow]:
         return [r for r in rows if self.meta(r) is None]
 
-    def build(self, rows: Sequence[ManifestRow], *, workers: int = 1, progress: Progress | None = None) -> int:
+    def build(
+        self, rows: Sequence[ManifestRow], *, workers: int = 1, progress: Progress | None = None
+    ) -> int:
         """Build every missing entry (in ``workers`` processes); returns how many were built."""
         todo = self.missing(rows)
         total, done = len(rows), len(rows) - len(todo)
@@ -123,8 +125,12 @@ class PreprocessCache:
                     progress(done, total)
             return len(todo)
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_build_in_worker, str(self.dir.parent), self.cfg.to_dict(), str(self.scans_root), row)
-                       for row in todo]
+            futures = [
+                pool.submit(
+                    _build_in_worker, str(self.dir.parent), self.cfg.to_dict(), str(self.scans_root), row
+                )
+                for row in todo
+            ]
             for fut in as_completed(futures):
                 fut.result()  # re-raises a worker's error (a ScanReadError names the scan)
                 done += 1

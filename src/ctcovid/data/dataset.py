@@ -39,8 +39,9 @@ def load_row_volume(row: ManifestRow, root: str | Path) -> Volume:
             raise ManifestError(f"scan {row.scan_id!r}: cannot read {file_part}#{address}: {e}") from e
         if voxels.size and voxels.max() <= 1.0:
             voxels = voxels * 255.0  # some MedMNIST archives store 0..1 floats; the pipeline expects 0..255
-        source = ScanSource(format=ScanFormat.NUMPY, path=row.path, patient_id=row.patient_id,
-                            n_slices=voxels.shape[0])
+        source = ScanSource(
+            format=ScanFormat.NUMPY, path=row.path, patient_id=row.patient_id, n_slices=voxels.shape[0]
+        )
         # MedMNIST stores 0..255 (uint8) or 0..1 (float) intensities, never HU.
         return Volume(voxels, units=Units.DISPLAY, source=source, spacing_known=False)
     return load_volume(row.resolve(root))
@@ -112,7 +113,9 @@ class CachedDataset(Dataset[tuple[torch.Tensor, int, dict[str, Any]]]):
                 raise ManifestError(f"scan {row.scan_id!r} is not in the cache {cache.dir}; build it first")
             depth = meta["shape"][1]
             if cfg.depth_mode == "stack":
-                ranges = chunk_ranges(depth, cfg.chunk_depth, cfg.chunk_stride, cfg.chunk_last, cfg.chunk_short)
+                ranges = chunk_ranges(
+                    depth, cfg.chunk_depth, cfg.chunk_stride, cfg.chunk_last, cfg.chunk_short
+                )
             else:
                 ranges = [(0, depth)]
             self.items += [(i, k, a, b) for k, (a, b) in enumerate(ranges)]
@@ -134,5 +137,11 @@ class CachedDataset(Dataset[tuple[torch.Tensor, int, dict[str, Any]]]):
             array = np.concatenate([array, pad], axis=1)
         if self.augment is not None:
             array = self.augment(array, np.random.default_rng([self.seed, self.epoch, index]))
-        meta = {"scan_id": row.scan_id, "patient_id": row.patient_id, "chunk": k, "start": start, "stop": stop}
+        meta = {
+            "scan_id": row.scan_id,
+            "patient_id": row.patient_id,
+            "chunk": k,
+            "start": start,
+            "stop": stop,
+        }
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), self.targets[index], meta

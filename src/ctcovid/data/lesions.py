@@ -120,9 +120,8 @@ def _lobe(w: np.ndarray, v: np.ndarray, anat: Anatomy, side: int, lobe: str) -> 
     lower = wn < -0.42 + 0.31 * (vn + 1)
     if lobe == "lower":
         return lower
-    middle = (
-        ~lower & (wn < -0.02) & (vn < 0.3) & (side < 0)
-    )  # right middle lobe, under the horizontal fissure
+    # The right middle lobe: in front of the oblique fissure, under the horizontal one.
+    middle = ~lower & (wn < -0.02) & (vn < 0.3) & (side < 0)
     return middle if lobe == "middle" else ~lower & ~middle
 
 

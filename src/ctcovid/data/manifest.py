@@ -183,9 +183,13 @@ def validate_rows(
     for i, r in enumerate(rows, start=2):
         where = f"manifest '{mp}' row {i}"
         if allowed is not None and r.label not in allowed:
-            raise ManifestError(f"{where}, column 'label': unknown label {r.label!r}; expected one of {', '.join(allowed)}")
+            raise ManifestError(
+                f"{where}, column 'label': unknown label {r.label!r}; expected one of {', '.join(allowed)}"
+            )
         if r.scan_id in seen:
-            raise ManifestError(f"{where}, column 'scan_id': duplicate scan_id {r.scan_id!r} (first at row {seen[r.scan_id]})")
+            raise ManifestError(
+                f"{where}, column 'scan_id': duplicate scan_id {r.scan_id!r} (first at row {seen[r.scan_id]})"
+            )
         seen[r.scan_id] = i
         prev = patient_label.setdefault(r.patient_id, (r.label, i))
         if prev[0] != r.label:

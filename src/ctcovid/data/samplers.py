@@ -60,7 +60,11 @@ class ClassUniformBatchSampler(Sampler[list[int]]):
         return max(1, math.ceil(largest / max(per_class, 1)))
 
     def __len__(self) -> int:
-        return math.ceil(self._global_batches() / self.world_size) if self.world_size > 1 else self._global_batches()
+        return (
+            math.ceil(self._global_batches() / self.world_size)
+            if self.world_size > 1
+            else self._global_batches()
+        )
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
@@ -69,8 +73,10 @@ class ClassUniformBatchSampler(Sampler[list[int]]):
         streams = {c: _Cycler(self.by_class[c], rng) for c in self.present}
         base, extra = divmod(self.batch_size, len(self.present))
         for b in range(n_total):
-            counts = {c: base + (1 if (i - b) % len(self.present) < extra else 0)
-                      for i, c in enumerate(self.present)}
+            counts = {
+                c: base + (1 if (i - b) % len(self.present) < extra else 0)
+                for i, c in enumerate(self.present)
+            }
             batch = [int(j) for c in self.present for j in streams[c].take(counts[c])]
             order = rng.permutation(len(batch))
             if b % self.world_size == self.rank:
@@ -94,8 +100,16 @@ class _Cycler:
 class ShuffleBatchSampler(Sampler[list[int]]):
     """Plain shuffled batches with the same epoch seeding and DDP sharding as the uniform sampler."""
 
-    def __init__(self, n: int, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 drop_last: bool = False) -> None:
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+    ) -> None:
         if n < 1:
             raise ValueError("ShuffleBatchSampler needs at least one item")
         self.n, self.batch_size, self.seed = n, batch_size, seed
@@ -112,7 +126,9 @@ class ShuffleBatchSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
         per_rank = math.ceil(self.n / self.world_size)
-        padded = np.concatenate([order, order[: per_rank * self.world_size - self.n]])  # like DistributedSampler
+        padded = np.concatenate(
+            [order, order[: per_rank * self.world_size - self.n]]
+        )  # like DistributedSampler
         mine = padded[self.rank :: self.world_size].tolist()
         for i in range(len(self)):
             yield mine[i * self.batch_size : (i + 1) * self.batch_size]

@@ -85,8 +85,9 @@ def split_path(manifest: str | Path) -> Path:
     return m.with_name(f"{m.stem}.split.csv")
 
 
-def write_split(rows: Sequence[ManifestRow], assignment: dict[str, str], folds: dict[str, int] | None,
-                out: str | Path) -> Path:
+def write_split(
+    rows: Sequence[ManifestRow], assignment: dict[str, str], folds: dict[str, int] | None, out: str | Path
+) -> Path:
     """Write the split CSV to ``out`` (see :func:`split_path` for the default next to a manifest)."""
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -94,8 +95,15 @@ def write_split(rows: Sequence[ManifestRow], assignment: dict[str, str], folds: 
         w = csv.writer(f)
         w.writerow(["scan_id", "patient_id", "label", "split", "fold"])
         for r in rows:
-            w.writerow([r.scan_id, r.patient_id, r.label, assignment[r.scan_id],
-                        "" if folds is None else folds[r.scan_id]])
+            w.writerow(
+                [
+                    r.scan_id,
+                    r.patient_id,
+                    r.label,
+                    assignment[r.scan_id],
+                    "" if folds is None else folds[r.scan_id],
+                ]
+            )
     os.replace(tmp, out)
     return out
 
@@ -112,6 +120,8 @@ def read_split(path: str | Path) -> dict[str, str]:
             raise ManifestError(f"split file '{p}' needs the columns scan_id and split")
         for i, rec in enumerate(reader, start=2):
             if rec["split"] not in SPLITS:
-                raise ManifestError(f"split file '{p}' row {i}, column 'split': {rec['split']!r} is not one of {', '.join(SPLITS)}")
+                raise ManifestError(
+                    f"split file '{p}' row {i}, column 'split': {rec['split']!r} is not one of {', '.join(SPLITS)}"
+                )
             out[rec["scan_id"]] = rec["split"]
     return out

@@ -52,13 +52,16 @@ def evaluate_checkpoint(
     if not rows:
         raise ManifestError(f"no scans in split {split!r} of {manifest}")
     root = Path(manifest).parent
-    cache = PreprocessCache(cache_dir or root / ".ctcovid_cache", PreprocessConfig.from_dict(ckpt["preprocess"]), root)
+    cache = PreprocessCache(
+        cache_dir or root / ".ctcovid_cache", PreprocessConfig.from_dict(ckpt["preprocess"]), root
+    )
     cache.build(rows)
     ds = CachedDataset(rows, cache, labels)
     dev = torch.device(device)
     model = rebuild_model(ckpt).to(dev)
-    loss, probs_t, targets_t, metas = evaluate(model, DataLoader(ds, batch_size=batch_size), nn.CrossEntropyLoss(),
-                                              StepOptions(dev))
+    loss, probs_t, targets_t, metas = evaluate(
+        model, DataLoader(ds, batch_size=batch_size), nn.CrossEntropyLoss(), StepOptions(dev)
+    )
     probs, targets = probs_t.numpy(), targets_t.numpy()
     k = len(labels)
     scan_p, scan_t, scan_ids = aggregate_by(probs, targets, [m["scan_id"] for m in metas])
@@ -72,6 +75,13 @@ def evaluate_checkpoint(
         "chunk": classification_metrics(probs, targets, k),
         "scan": {**classification_metrics(scan_p, scan_t, k), "confusion": confusion(scan_p, scan_t, k)},
         "patient": classification_metrics(pat_p, pat_t, k),
-        "scans": [{"scan_id": s, "label": labels[int(t)], "pred": labels[int(p.argmax())],
-                   "probs": [round(float(x), 4) for x in p]} for s, t, p in zip(scan_ids, scan_t, scan_p)],
+        "scans": [
+            {
+                "scan_id": s,
+                "label": labels[int(t)],
+                "pred": labels[int(p.argmax())],
+                "probs": [round(float(x), 4) for x in p],
+            }
+            for s, t, p in zip(scan_ids, scan_t, scan_p)
+        ],
     }

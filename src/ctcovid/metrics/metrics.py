@@ -20,7 +20,9 @@ def aggregate_by(
     order: dict[str, list[int]] = {}
     for i, k in enumerate(keys):
         order.setdefault(k, []).append(i)
-    out_p = np.stack([probs[idx].mean(0) for idx in order.values()]) if order else np.zeros((0, probs.shape[1]))
+    out_p = (
+        np.stack([probs[idx].mean(0) for idx in order.values()]) if order else np.zeros((0, probs.shape[1]))
+    )
     out_t = np.array([targets[idx[0]] for idx in order.values()], dtype=np.int64)
     return out_p, out_t, list(order)
 
@@ -40,7 +42,9 @@ def classification_metrics(probs: np.ndarray, targets: np.ndarray, num_classes: 
         "n": len(targets),
         "accuracy": float((pred == targets).mean()),
         "f1_macro": float(f1_score(targets, pred, labels=present, average="macro", zero_division=0)),
-        "precision_macro": float(precision_score(targets, pred, labels=present, average="macro", zero_division=0)),
+        "precision_macro": float(
+            precision_score(targets, pred, labels=present, average="macro", zero_division=0)
+        ),
         "recall_macro": float(recall_score(targets, pred, labels=present, average="macro", zero_division=0)),
         "auroc": None,
     }

@@ -98,7 +98,11 @@ def train_one_epoch(
         loss_sum += loss.item() * n
         correct += int((logits.argmax(1) == y).sum().item())
         if progress:
-            progress(i + 1, total, {"loss": loss_sum / stats.samples, "samples/s": stats.samples / (time.perf_counter() - t0)})
+            progress(
+                i + 1,
+                total,
+                {"loss": loss_sum / stats.samples, "samples/s": stats.samples / (time.perf_counter() - t0)},
+            )
     if pending:
         _step(model, optimizer, opts)  # the epoch's last, partial accumulation
     stats.seconds = time.perf_counter() - t0
@@ -137,7 +141,10 @@ def evaluate(
         loss_sum += loss_fn(logits, y).item() * y.shape[0]
         probs.append(torch.softmax(logits, 1).cpu())
         targets.append(y.cpu())
-        metas += [{k: (v[j].item() if torch.is_tensor(v) else v[j]) for k, v in meta.items()} for j in range(y.shape[0])]
+        metas += [
+            {k: (v[j].item() if torch.is_tensor(v) else v[j]) for k, v in meta.items()}
+            for j in range(y.shape[0])
+        ]
     n = sum(t.shape[0] for t in targets)
     if n == 0:
         return math.nan, torch.empty(0, 0), torch.empty(0, dtype=torch.long), []

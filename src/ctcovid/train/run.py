@@ -54,7 +54,10 @@ class FitResult:
 
 
 def model_kwargs(cfg: RunConfig) -> dict[str, Any]:
-    kw: dict[str, Any] = {"in_channels": cfg.preprocess.in_channels, "num_classes": len(cfg.data.label_names())}
+    kw: dict[str, Any] = {
+        "in_channels": cfg.preprocess.in_channels,
+        "num_classes": len(cfg.data.label_names()),
+    }
     if cfg.model.dropout is not None:
         kw["dropout"] = cfg.model.dropout
     return {**kw, **cfg.model.kwargs}
@@ -76,7 +79,10 @@ def _channels_last(cfg: RunConfig, device: torch.device, dtype: torch.dtype | No
     if device.type == "cpu" and dtype == torch.bfloat16 and cfg.preprocess.in_channels == 3 and depth <= 4:
         # Known torch 2.13 CPU bug: channels_last_3d + bf16 backward on 3-channel 4-slice inputs
         # corrupts the heap. Fall back to the default layout rather than crash.
-        log.warning("channels_last disabled: channels_last_3d + bf16 crashes on 3-channel %d-slice inputs on CPU", depth)
+        log.warning(
+            "channels_last disabled: channels_last_3d + bf16 crashes on 3-channel %d-slice inputs on CPU",
+            depth,
+        )
         return False
     return True
 
@@ -87,8 +93,12 @@ def prepare_split(cfg: RunConfig, rows: list[Any], info: D.DistInfo) -> dict[str
         if cfg.data.split:
             raise ConfigError(f"data.split: split file '{path}' does not exist")
         if info.is_main:
-            write_split(rows, split_patients(rows, val=cfg.data.val, test=cfg.data.test, seed=cfg.data.split_seed),
-                        None, path)
+            write_split(
+                rows,
+                split_patients(rows, val=cfg.data.val, test=cfg.data.test, seed=cfg.data.split_seed),
+                None,
+                path,
+            )
         D.barrier(info)
     return read_split(path)
 
@@ -132,19 +142,30 @@ def fit(
     if not train_rows:
         raise ConfigError(f"no training scans: the split of {cfg.data.manifest} has no 'train' rows")
     manifest_dir = Path(cfg.data.manifest).parent
-    cache = PreprocessCache(cfg.data.cache_dir or manifest_dir / ".ctcovid_cache", cfg.preprocess, manifest_dir)
+    cache = PreprocessCache(
+        cfg.data.cache_dir or manifest_dir / ".ctcovid_cache", cfg.preprocess, manifest_dir
+    )
     if info.is_main:
-        cache.build(train_rows + val_rows, workers=cfg.data.workers or (os.cpu_count() or 1), progress=cache_progress)
+        cache.build(
+            train_rows + val_rows, workers=cfg.data.workers or (os.cpu_count() or 1), progress=cache_progress
+        )
     D.barrier(info)
     augment = build_augment(cfg.preprocess.augment) if t.augment else None
     train_ds = CachedDataset(train_rows, cache, labels, augment=augment, seed=t.seed)
     val_ds = CachedDataset(val_rows, cache, labels)
     if t.sampler == "class_uniform":
-        sampler: Any = ClassUniformBatchSampler(train_ds.targets, t.batch_size, num_classes=len(labels), seed=t.seed,
-                                                rank=info.rank, world_size=info.world_size)
+        sampler: Any = ClassUniformBatchSampler(
+            train_ds.targets,
+            t.batch_size,
+            num_classes=len(labels),
+            seed=t.seed,
+            rank=info.rank,
+            world_size=info.world_size,
+        )
     else:
-        sampler = ShuffleBatchSampler(len(train_ds), t.batch_size, seed=t.seed, rank=info.rank,
-                                      world_size=info.world_size)
+        sampler = ShuffleBatchSampler(
+            len(train_ds), t.batch_size, seed=t.seed, rank=info.rank, world_size=info.world_size
+        )
     workers = cfg.data.loader_workers
     train_loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=workers, persistent_workers=False)
     val_loader = DataLoader(val_ds, batch_size=t.batch_size, shuffle=False, num_workers=workers)
@@ -158,10 +179,18 @@ def fit(
         load_pretrained(model, cfg.model.pretrained)
     dtype = _precision(cfg, device)
     channels_last = _channels_last(cfg, device, dtype)
-    model = model.to(device, memory_format=torch.channels_last_3d) if channels_last else model.to(device)
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
     if info.enabled:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    weight = torch.from_numpy(class_weights(train_ds.targets, len(labels))).to(device) if t.loss == "weighted_ce" else None
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    weight = (
+        torch.from_numpy(class_weights(train_ds.targets, len(labels))).to(device)
+        if t.loss == "weighted_ce"
+        else None
+    )
     loss_fn = nn.CrossEntropyLoss(weight=weight)
     optimizer = _optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=t.step_size, gamma=t.gamma)
@@ -170,7 +199,11 @@ def fit(
 
     # ---- resume
     start, best, history = 0, {}, []
-    last_path, best_path, metrics_path = out / "checkpoint_last.pt", out / "checkpoint_best.pt", out / "metrics.jsonl"
+    last_path, best_path, metrics_path = (
+        out / "checkpoint_last.pt",
+        out / "checkpoint_best.pt",
+        out / "metrics.jsonl",
+    )
     if resume and last_path.is_file():
         ck = load_checkpoint(last_path)
         unwrap(model).load_state_dict(ck["model"]["state_dict"])
@@ -191,8 +224,14 @@ def fit(
         write_split(rows, split, None, out / "split.csv")  # the split used, next to the run
 
     # ---- loop
-    ckpt_common = {"name": cfg.model.name, "kwargs": kwargs, "labels": labels, "task": cfg.data.task,
-                   "preprocess": cfg.preprocess.to_dict(), "config": config_dict or cfg.to_dict()}
+    ckpt_common: dict[str, Any] = {
+        "name": cfg.model.name,
+        "kwargs": kwargs,
+        "labels": labels,
+        "task": cfg.data.task,
+        "preprocess": cfg.preprocess.to_dict(),
+        "config": config_dict or cfg.to_dict(),
+    }
     epoch = start - 1
     try:
         for epoch in range(start, t.epochs):
@@ -200,8 +239,15 @@ def fit(
             train_ds.set_epoch(epoch)
             torch.manual_seed(t.seed * 100_003 + epoch)  # dropout etc.: a function of (seed, epoch) only
             lr = optimizer.param_groups[0]["lr"]
-            stats = train_one_epoch(model, train_loader, optimizer, loss_fn, opts,
-                                    progress=batch_progress(epoch) if batch_progress else None, total=len(sampler))
+            stats = train_one_epoch(
+                model,
+                train_loader,
+                optimizer,
+                loss_fn,
+                opts,
+                progress=batch_progress(epoch) if batch_progress else None,
+                total=len(sampler),
+            )
             if stats.bad_steps > t.max_bad_steps or not math.isfinite(stats.loss):
                 raise TrainingDiverged(
                     f"epoch {epoch + 1}: {stats.bad_steps} batches had a non-finite loss (limit "
@@ -210,16 +256,30 @@ def fit(
                 )
             scheduler.step()
             if info.is_main:
-                record = {"epoch": epoch, "lr": lr, **_train_record(stats),
-                          **_validate(unwrap(model), val_loader, loss_fn, opts, len(labels))}
+                record = {
+                    "epoch": epoch,
+                    "lr": lr,
+                    **_train_record(stats),
+                    **_validate(unwrap(model), val_loader, loss_fn, opts, len(labels)),
+                }
                 history.append(record)
                 improved = _better(record, best, t.best_metric)
                 if improved:
-                    best = {"epoch": epoch, t.best_metric: record.get(t.best_metric),
-                            "val_accuracy": record.get("val_accuracy")}
-                ck = make_checkpoint(model, **ckpt_common, epoch=epoch, metrics=record, best=best,
-                                     optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                                     scaler=scaler.state_dict() if scaler else {})
+                    best = {
+                        "epoch": epoch,
+                        t.best_metric: record.get(t.best_metric),
+                        "val_accuracy": record.get("val_accuracy"),
+                    }
+                ck = make_checkpoint(
+                    model,
+                    **ckpt_common,
+                    epoch=epoch,
+                    metrics=record,
+                    best=best,
+                    optimizer=optimizer.state_dict(),
+                    scheduler=scheduler.state_dict(),
+                    scaler=scaler.state_dict() if scaler else {},
+                )
                 _append_jsonl(metrics_path, record)  # before the checkpoint: a resume drops lines past it
                 save_checkpoint(ck, last_path)
                 if improved:
@@ -229,8 +289,10 @@ def fit(
     except KeyboardInterrupt:
         if info.is_main:
             # Mid-epoch weights are kept for inspection; --resume restarts from the last epoch boundary.
-            save_checkpoint(make_checkpoint(model, **ckpt_common, epoch=epoch, metrics={"interrupted": True}),
-                            out / "checkpoint_interrupted.pt")
+            save_checkpoint(
+                make_checkpoint(model, **ckpt_common, epoch=epoch, metrics={"interrupted": True}),
+                out / "checkpoint_interrupted.pt",
+            )
             log.warning("interrupted in epoch %d; --resume continues after %s", epoch + 1, last_path.name)
         raise
     finally:
@@ -250,19 +312,30 @@ def _optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def _train_record(s: EpochStats) -> dict[str, Any]:
-    return {"train_loss": s.loss, "train_accuracy": s.accuracy, "samples_per_s": round(s.samples_per_s, 3),
-            "epoch_seconds": round(s.seconds, 3), "bad_steps": s.bad_steps}
+    return {
+        "train_loss": s.loss,
+        "train_accuracy": s.accuracy,
+        "samples_per_s": round(s.samples_per_s, 3),
+        "epoch_seconds": round(s.seconds, 3),
+        "bad_steps": s.bad_steps,
+    }
 
 
-def _validate(model: nn.Module, loader: DataLoader[Any], loss_fn: nn.Module, opts: StepOptions,
-              num_classes: int) -> dict[str, Any]:
+def _validate(
+    model: nn.Module, loader: DataLoader[Any], loss_fn: nn.Module, opts: StepOptions, num_classes: int
+) -> dict[str, Any]:
     if len(loader.dataset) == 0:  # type: ignore[arg-type]
         return {}
     loss, probs, targets, metas = evaluate(model, loader, loss_fn, opts)
     p, y, _ = aggregate_by(probs.numpy(), targets.numpy(), [m["scan_id"] for m in metas])  # chunks -> scans
     m = classification_metrics(p, y, num_classes)
-    return {"val_loss": loss, "val_accuracy": m["accuracy"], "val_f1_macro": m["f1_macro"], "val_auroc": m["auroc"],
-            "val_scans": m["n"]}
+    return {
+        "val_loss": loss,
+        "val_accuracy": m["accuracy"],
+        "val_f1_macro": m["f1_macro"],
+        "val_auroc": m["auroc"],
+        "val_scans": m["n"],
+    }
 
 
 def _better(record: dict[str, Any], best: dict[str, Any], metric: str) -> bool:
@@ -280,7 +353,9 @@ def _better(record: dict[str, Any], best: dict[str, Any], metric: str) -> bool:
 
 
 def _fmt(record: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items() if k != "epoch")
+    return " ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items() if k != "epoch"
+    )
 
 
 def _file_handler(path: Path) -> logging.Handler:
@@ -304,4 +379,3 @@ def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
     with path.open("a") as f:
         f.write(json.dumps(record) + "\n")
-

@@ -95,7 +95,7 @@ def probe_scan(path: Path) -> Probe:
             try:
                 import nibabel as nib
 
-                shape = nib.load(str(path)).header.get_data_shape()  # header only
+                shape = nib.load(str(path)).header.get_data_shape()  # type: ignore[attr-defined]  # header only
             except Exception as e:  # nibabel raises many types on corrupt headers
                 return Probe("nifti", 0, error=f"unreadable NIfTI header ({type(e).__name__})")
             if len(shape) < 3:
@@ -141,8 +141,10 @@ def is_segmented(slice_dir: Path) -> bool:
     import numpy as np
     from PIL import Image
 
-    images = sorted((f for f in slice_dir.iterdir() if f.suffix.lower() in IMAGE_EXTS and f.stat().st_size > 0),
-                    key=lambda f: natural_key(f.name))
+    images = sorted(
+        (f for f in slice_dir.iterdir() if f.suffix.lower() in IMAGE_EXTS and f.stat().st_size > 0),
+        key=lambda f: natural_key(f.name),
+    )
     if not images:
         return False
     try:

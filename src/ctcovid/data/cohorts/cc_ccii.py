@@ -46,9 +46,13 @@ def _read_unzip_csv(path: Path) -> dict[tuple[str, str, str], int]:
         out: dict[tuple[str, str, str], int] = {}
         for i, rec in enumerate(reader, start=2):
             try:
-                out[(rec["label"].strip(), rec["patient_id"].strip(), rec["scan_id"].strip())] = int(rec["n_slice"])
+                out[(rec["label"].strip(), rec["patient_id"].strip(), rec["scan_id"].strip())] = int(
+                    rec["n_slice"]
+                )
             except ValueError as e:
-                raise ManifestError(f"'{path}' row {i}, column 'n_slice': {rec['n_slice']!r} is not an integer") from e
+                raise ManifestError(
+                    f"'{path}' row {i}, column 'n_slice': {rec['n_slice']!r} is not an integer"
+                ) from e
     return out
 
 
@@ -63,7 +67,9 @@ def import_cc_ccii(
         raise ManifestError(
             f"CC-CCII root '{base}' has none of the class folders {', '.join(DIAGNOSIS_LABELS)}"
         )
-    csv_counts = _read_unzip_csv(base / "unzip_filenames.csv") if (base / "unzip_filenames.csv").is_file() else {}
+    csv_counts = (
+        _read_unzip_csv(base / "unzip_filenames.csv") if (base / "unzip_filenames.csv").is_file() else {}
+    )
     scans = [
         (lab_dir.name, pat, scan)
         for lab_dir in label_dirs

@@ -32,8 +32,9 @@ from ctcovid.errors import ManifestError
 from ctcovid.types import severity_from_score
 
 
-def _read_scores(path: Path, patient_column: str, score_column: str, offset: int,
-                 result: ImportResult) -> dict[str, int]:
+def _read_scores(
+    path: Path, patient_column: str, score_column: str, offset: int, result: ImportResult
+) -> dict[str, int]:
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         cols = [c.strip() for c in reader.fieldnames or []]
@@ -51,8 +52,12 @@ def _read_scores(path: Path, patient_column: str, score_column: str, offset: int
                 score = int(float(raw)) + offset
                 severity_from_score(score)
             except ValueError:
-                result.skipped.append((f"{path.name} row {i} (patient {pid or '?'})",
-                                       f"severity {raw!r} + offset {offset} is not a score in 1..6"))
+                result.skipped.append(
+                    (
+                        f"{path.name} row {i} (patient {pid or '?'})",
+                        f"severity {raw!r} + offset {offset} is not a score in 1..6",
+                    )
+                )
                 continue
             if pid:
                 scores[pid] = score
@@ -93,8 +98,11 @@ def import_cncb(
     dirs = _patient_dirs(base)
     for pid in sorted(set(scores) - set(dirs), key=natural_key):
         result.skipped.append((pid, "patient in metadata CSV has no scan folder"))
-    items = [(pid, d, s) for pid, d in sorted(dirs.items(), key=lambda kv: natural_key(kv[0]))
-             for s in sorted((s for s in d.iterdir() if s.is_dir()), key=lambda s: natural_key(s.name))]
+    items = [
+        (pid, d, s)
+        for pid, d in sorted(dirs.items(), key=lambda kv: natural_key(kv[0]))
+        for s in sorted((s for s in d.iterdir() if s.is_dir()), key=lambda s: natural_key(s.name))
+    ]
     for i, (pid, _, scan) in enumerate(items):
         rel = str(scan.relative_to(base))
         if pid not in scores:
@@ -106,10 +114,20 @@ def import_cncb(
             else:
                 score = scores[pid]
                 group = severity_from_score(score).value
-                result.rows.append(ManifestRow(
-                    scan_id=f"{pid}-{scan.name}", patient_id=pid, path=rel, label=group,
-                    format=probe.format, severity_score=score, severity=group, source="cncb",
-                    n_slices=probe.n_slices, flags=tuple(probe.flags)))
+                result.rows.append(
+                    ManifestRow(
+                        scan_id=f"{pid}-{scan.name}",
+                        patient_id=pid,
+                        path=rel,
+                        label=group,
+                        format=probe.format,
+                        severity_score=score,
+                        severity=group,
+                        source="cncb",
+                        n_slices=probe.n_slices,
+                        flags=tuple(probe.flags),
+                    )
+                )
         if progress:
             progress(i + 1, len(items))
     result.rows = flag_patients(result.rows, min_slices=min_slices)

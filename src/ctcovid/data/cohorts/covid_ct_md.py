@@ -30,7 +30,9 @@ def import_covid_ct_md(root: str | Path, *, progress: Progress | None = None) ->
         cols = [c.strip() for c in reader.fieldnames or []]
         missing = [c for c in COLUMNS if c not in cols]
         if missing:
-            raise ManifestError(f"'{index}': missing column(s) {', '.join(missing)}; expected {', '.join(COLUMNS)}")
+            raise ManifestError(
+                f"'{index}': missing column(s) {', '.join(missing)}; expected {', '.join(COLUMNS)}"
+            )
         records = [{k.strip(): (v or "").strip() for k, v in rec.items() if k} for rec in reader]
     result = ImportResult(kind="covid-ct-md", root=str(base))
     for i, rec in enumerate(records, start=2):
@@ -40,16 +42,26 @@ def import_covid_ct_md(root: str | Path, *, progress: Progress | None = None) ->
         folder = next((c for c in candidates if c.is_dir()), candidates[0])
         where = f"Index.csv row {i} ({subject})"
         if diagnosis not in DIAGNOSIS_MAP:
-            result.skipped.append((where, f"unknown diagnosis {diagnosis!r}; expected {', '.join(DIAGNOSIS_MAP)}"))
+            result.skipped.append(
+                (where, f"unknown diagnosis {diagnosis!r}; expected {', '.join(DIAGNOSIS_MAP)}")
+            )
         else:
             probe = probe_scan(folder)
             if probe.error:
                 result.skipped.append((where, f"{folder}: {probe.error}"))
             else:
-                result.rows.append(ManifestRow(
-                    scan_id=subject, patient_id=subject, path=str(folder.relative_to(base)),
-                    label=DIAGNOSIS_MAP[diagnosis], format=probe.format, source="covid-ct-md",
-                    n_slices=probe.n_slices, flags=tuple(probe.flags)))
+                result.rows.append(
+                    ManifestRow(
+                        scan_id=subject,
+                        patient_id=subject,
+                        path=str(folder.relative_to(base)),
+                        label=DIAGNOSIS_MAP[diagnosis],
+                        format=probe.format,
+                        source="covid-ct-md",
+                        n_slices=probe.n_slices,
+                        flags=tuple(probe.flags),
+                    )
+                )
         if progress:
             progress(i - 1, len(records))
     return result

@@ -33,12 +33,19 @@ def import_folder(
 ) -> ImportResult:
     base = require_dir(root, "folder cohort")
     pattern = re.compile(patient_regex) if patient_regex else None
-    label_dirs = sorted((d for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")),
-                        key=lambda d: natural_key(d.name))
+    label_dirs = sorted(
+        (d for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")),
+        key=lambda d: natural_key(d.name),
+    )
     if not label_dirs:
         raise ManifestError(f"folder cohort root '{base}' has no label folders (<root>/<label>/<scan>)")
-    entries = [(d.name, e) for d in label_dirs
-               for e in sorted((e for e in d.iterdir() if not e.name.startswith(".")), key=lambda e: natural_key(e.name))]
+    entries = [
+        (d.name, e)
+        for d in label_dirs
+        for e in sorted(
+            (e for e in d.iterdir() if not e.name.startswith(".")), key=lambda e: natural_key(e.name)
+        )
+    ]
     result = ImportResult(kind="folder", root=str(base))
     for i, (label, entry) in enumerate(entries):
         rel = str(entry.relative_to(base))
@@ -51,9 +58,18 @@ def import_folder(
             result.skipped.append((rel, f"name does not match patient_regex {patient_regex!r}"))
         else:
             pid = m.group(1) if m and m.groups() else (m.group(0) if m else name)
-            result.rows.append(ManifestRow(
-                scan_id=f"{label}-{name}", patient_id=pid, path=rel, label=label, format=probe.format,
-                source="folder", n_slices=probe.n_slices, flags=tuple(probe.flags)))
+            result.rows.append(
+                ManifestRow(
+                    scan_id=f"{label}-{name}",
+                    patient_id=pid,
+                    path=rel,
+                    label=label,
+                    format=probe.format,
+                    source="folder",
+                    n_slices=probe.n_slices,
+                    flags=tuple(probe.flags),
+                )
+            )
         if progress:
             progress(i + 1, len(entries))
     result.rows = flag_patients(result.rows, min_slices=min_slices)

@@ -28,7 +28,9 @@ def import_medmnist(root: str | Path, *, progress: Progress | None = None) -> Im
     with npz:
         present = [s for s in SPLITS if f"{s}_images" in npz.files]
         if not present:
-            raise ManifestError(f"'{path}' has none of {', '.join(f'{s}_images' for s in SPLITS)}; keys: {', '.join(npz.files)}")
+            raise ManifestError(
+                f"'{path}' has none of {', '.join(f'{s}_images' for s in SPLITS)}; keys: {', '.join(npz.files)}"
+            )
         result = ImportResult(kind="medmnist", root=str(path.parent))
         for split in present:
             images, labels = npz[f"{split}_images"], npz.get(f"{split}_labels")
@@ -36,12 +38,22 @@ def import_medmnist(root: str | Path, *, progress: Progress | None = None) -> Im
                 raise ManifestError(f"'{path}': {split}_labels missing or not as long as {split}_images")
             for i in range(len(images)):
                 if images[i].ndim != 3:
-                    result.skipped.append((f"{path.name}#{split}:{i}", f"not a 3D volume (shape {images[i].shape})"))
+                    result.skipped.append(
+                        (f"{path.name}#{split}:{i}", f"not a 3D volume (shape {images[i].shape})")
+                    )
                     continue
-                result.rows.append(ManifestRow(
-                    scan_id=f"{split}-{i}", patient_id=f"{split}-{i}", path=f"{path.name}#{split}:{i}",
-                    label=str(int(np.ravel(labels[i])[0])), format="numpy", source="medmnist",
-                    n_slices=int(images[i].shape[0]), split=split))
+                result.rows.append(
+                    ManifestRow(
+                        scan_id=f"{split}-{i}",
+                        patient_id=f"{split}-{i}",
+                        path=f"{path.name}#{split}:{i}",
+                        label=str(int(np.ravel(labels[i])[0])),
+                        format="numpy",
+                        source="medmnist",
+                        n_slices=int(images[i].shape[0]),
+                        split=split,
+                    )
+                )
             if progress:
                 progress(present.index(split) + 1, len(present))
     return result

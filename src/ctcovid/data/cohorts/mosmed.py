@@ -27,8 +27,13 @@ def import_mosmed(root: str | Path, *, progress: Progress | None = None) -> Impo
     grade_dirs = [studies / g for g in MOSMED_LABELS if (studies / g).is_dir()]
     if not grade_dirs:
         raise ManifestError(f"MosMedData root '{base}' has no studies/CT-0..CT-4 folders")
-    files = [(g.name, f) for g in grade_dirs
-             for f in sorted((f for f in g.iterdir() if not f.name.startswith(".")), key=lambda f: natural_key(f.name))]
+    files = [
+        (g.name, f)
+        for g in grade_dirs
+        for f in sorted(
+            (f for f in g.iterdir() if not f.name.startswith(".")), key=lambda f: natural_key(f.name)
+        )
+    ]
     result = ImportResult(kind="mosmed", root=str(base))
     for i, (grade, f) in enumerate(files):
         rel = str(f.relative_to(base))
@@ -37,9 +42,18 @@ def import_mosmed(root: str | Path, *, progress: Progress | None = None) -> Impo
             result.skipped.append((rel, probe.error or "not a NIfTI file"))
         else:
             stem = f.name.split(".")[0]
-            result.rows.append(ManifestRow(
-                scan_id=stem, patient_id=stem, path=rel, label=grade, format="nifti",
-                severity_score=int(grade[-1]), source="mosmed", n_slices=probe.n_slices))
+            result.rows.append(
+                ManifestRow(
+                    scan_id=stem,
+                    patient_id=stem,
+                    path=rel,
+                    label=grade,
+                    format="nifti",
+                    severity_score=int(grade[-1]),
+                    source="mosmed",
+                    n_slices=probe.n_slices,
+                )
+            )
         if progress:
             progress(i + 1, len(files))
     return result
