@@ -351,7 +351,14 @@ def render_anatomy(
         w = grid.w[sl, None, None]
         tex = texture.grid(grid.w[sl], grid.v, grid.u)
         hu[sl], tissue[sl] = _render_slab(
-            patient, w, grid.v[None, :, None], grid.u[None, None, :], tex, central[sl], placement.table_gap_mm
+            patient,
+            w,
+            grid.v[None, :, None],
+            grid.u[None, None, :],
+            tex,
+            central[sl],
+            placement.table_gap_mm,
+            spacing_mm[1],
         )
     vessel, lumen, airway = (np.zeros(shape, np.float32) for _ in range(3))
     trees = _lung_trees(patient)
@@ -362,10 +369,22 @@ def render_anatomy(
     return Anatomy(hu, tissue, vessel, lumen, airway, grid, patient, placement)
 
 
+def _overlap(x: np.ndarray, lo: np.ndarray | float, hi: np.ndarray | float, step: float) -> np.ndarray:
+    """Share of the pixel ``[x - step/2, x + step/2]`` inside the band ``[lo, hi]``."""
+    return np.clip(np.minimum(x + step / 2, hi) - np.maximum(x - step / 2, lo), 0.0, None) / step
+
+
 def _render_slab(
-    p: Patient, w: np.ndarray, v: np.ndarray, u: np.ndarray, tex: np.ndarray, central: np.ndarray, gap: float
+    p: Patient,
+    w: np.ndarray,
+    v: np.ndarray,
+    u: np.ndarray,
+    tex: np.ndarray,
+    central: np.ndarray,
+    gap: float,
+    dy: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """HU and tissue of a slab; ``w`` is (d,1,1), ``v`` (1,H,1), ``u`` (1,1,W)."""
+    """HU and tissue of a slab; ``w`` is (d,1,1), ``v`` (1,H,1), ``u`` (1,1,W), ``dy`` the row spacing."""
     L, R = p.lung_height_mm, p.vertebra_mm
     w, v, u = (x.astype(np.float32) for x in (w, v, u))  # float32 halves the time of every operation
     g = _Geo(p, w)
@@ -443,11 +462,13 @@ def _render_slab(
     put((np.abs(v - proc) < 3.5) & (np.abs(u) > 0.5 * R) & (np.abs(u) < 1.9 * R), 550.0, Tissue.BONE)
     put(r_c < 0.5, 20.0, Tissue.SOFT)  # spinal canal
 
-    # Table: a carbon-fibre cradle (skins around a foam core) curving up at the sides, a plate below.
+    # Table: a carbon-fibre cradle (skins around a foam core) curving up at the sides, a plate
+    # below. Its layers are thinner than a coarse pixel, so each voxel gets the share of the
+    # layers it overlaps (point sampling would break the thin skins into dashes).
     top = p.half_depth_mm + gap - 4e-4 * u**2 + 0.0 * w
-    table = ~body & (np.abs(u) < 200)
-    put(table & (v >= top) & (v < top + 19), 220.0, Tissue.TABLE)
-    put(table & (v >= top + 2.5) & (v < top + 16), -920.0, Tissue.TABLE)
-    flat = p.half_depth_mm + gap + 38
-    put(~body & (np.abs(u) < 170) & (v >= flat) & (v < flat + 2.0), 120.0, Tissue.TABLE)
+    flat = p.half_depth_mm + gap + 38.0
+    layers = ((top, 2.5, 220.0), (top + 2.5, 13.5, -920.0), (top + 16.0, 3.0, 220.0))
+    share = sum(_overlap(v, lo, lo + t, dy) * (value + 1000) for lo, t, value in layers) * (np.abs(u) < 200)
+    share = share + _overlap(v, flat, flat + 2.0, dy) * (np.abs(u) < 170) * 1120.0
+    put(~body & (share > 0), -1000.0 + share, Tissue.TABLE)
     return hu, tis
