@@ -139,3 +139,35 @@ def test_custom_task_needs_labels(tmp_path: Path) -> None:
     cfg = run_config_from_dict({"data": {"task": "custom"}})
     with pytest.raises(ConfigError, match="data.labels must list the class names"):
         cfg.data.label_names()
+
+
+def test_nan_losses_stop_the_run_before_any_checkpoint(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+    import numpy as np
+
+    from ctcovid.train.run import TrainingDiverged
+
+    cfg_path, manifest = tiny_run
+    for f in manifest.parent.glob("*.npy"):
+        a = np.load(f)
+        a[:, :2] = np.nan  # a corrupt scan: NaN survives windowing and poisons the loss
+        np.save(f, a)
+    cfg = load_run_config(cfg_path, ["train.max_bad_steps=1", "train.epochs=1"])
+    with pytest.raises(TrainingDiverged, match="non-finite loss"):
+        fit(cfg, tmp_path / "nan")
+    assert not (tmp_path / "nan" / "checkpoint_last.pt").exists()
+
+
+def test_ctrl_c_saves_and_exits_cleanly(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+    cfg_path, _ = tiny_run
+    out = tmp_path / "int"
+    proc = subprocess.Popen([sys.executable, "-m", "ctcovid", "train", str(cfg_path), "--set", "train.epochs=50",
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "checkpoint_last.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err and "Traceback" not in err
+    ck = load_checkpoint(out / "checkpoint_interrupted.pt")
+    assert ck["metrics"] == {"interrupted": True}

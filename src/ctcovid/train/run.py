@@ -224,6 +224,7 @@ def fit(
         write_split(rows, split, None, out / "split.csv")  # the split used, next to the run
 
     # ---- loop
+    tb = _tensorboard(out) if info.is_main else None
     ckpt_common: dict[str, Any] = {
         "name": cfg.model.name,
         "kwargs": kwargs,
@@ -281,6 +282,11 @@ def fit(
                     scaler=scaler.state_dict() if scaler else {},
                 )
                 _append_jsonl(metrics_path, record)  # before the checkpoint: a resume drops lines past it
+                if tb is not None:
+                    for key, value in record.items():
+                        if isinstance(value, int | float) and key != "epoch":
+                            tb.add_scalar(key, value, epoch)
+                    tb.flush()
                 save_checkpoint(ck, last_path)
                 if improved:
                     save_checkpoint(ck, best_path)
@@ -296,11 +302,22 @@ def fit(
             log.warning("interrupted in epoch %d; --resume continues after %s", epoch + 1, last_path.name)
         raise
     finally:
+        if tb is not None:
+            tb.close()
         D.cleanup(info)
         if handler is not None:
             logging.getLogger("ctcovid").removeHandler(handler)
             handler.close()
     return FitResult(out, epoch + 1 - start, history, best)
+
+
+def _tensorboard(out: Path) -> Any:
+    """A TensorBoard writer in the run folder when tensorboard is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(out / "tensorboard"))
 
 
 def _optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
