@@ -34,6 +34,7 @@ from ctcovid.metrics.metrics import aggregate_by, classification_metrics
 from ctcovid.models import create_model
 from ctcovid.preprocess.augment import build_augment
 from ctcovid.train import distributed as D
+from ctcovid.train import runlog
 from ctcovid.train.config import RunConfig
 from ctcovid.train.loop import EpochStats, StepOptions, evaluate, train_one_epoch
 
@@ -119,7 +120,7 @@ def fit(
     device = D.pick_device(t.device, info)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    handler = _file_handler(out / "train.log") if info.is_main else None
+    handler = runlog.file_handler(out / "train.log") if info.is_main else None
     if handler is not None:
         logging.getLogger("ctcovid").addHandler(handler)
     if t.threads:
@@ -212,19 +213,19 @@ def fit(
         if scaler is not None and ck.get("scaler"):
             scaler.load_state_dict(ck["scaler"])
         start, best = ck["epoch"] + 1, ck.get("best", {})
-        history = [h for h in _read_jsonl(metrics_path) if h["epoch"] <= ck["epoch"]]
+        history = [h for h in runlog.read_jsonl(metrics_path) if h["epoch"] <= ck["epoch"]]
         if not history or history[-1]["epoch"] < ck["epoch"]:
             history.append(ck["metrics"])
         log.info("resuming from %s at epoch %d", last_path, start)
     elif resume:
         log.warning("--resume: no %s yet, starting from scratch", last_path)
     if info.is_main:
-        _write_jsonl(metrics_path, history)
+        runlog.write_jsonl(metrics_path, history)
         (out / "config.json").write_text(json.dumps(config_dict or cfg.to_dict(), indent=2, default=str))
         write_split(rows, split, None, out / "split.csv")  # the split used, next to the run
 
     # ---- loop
-    tb = _tensorboard(out) if info.is_main else None
+    tb = runlog.tensorboard(out) if info.is_main else None
     ckpt_common: dict[str, Any] = {
         "name": cfg.model.name,
         "kwargs": kwargs,
@@ -281,7 +282,9 @@ def fit(
                     scheduler=scheduler.state_dict(),
                     scaler=scaler.state_dict() if scaler else {},
                 )
-                _append_jsonl(metrics_path, record)  # before the checkpoint: a resume drops lines past it
+                runlog.append_jsonl(
+                    metrics_path, record
+                )  # before the checkpoint: a resume drops lines past it
                 if tb is not None:
                     for key, value in record.items():
                         if isinstance(value, int | float) and key != "epoch":
@@ -290,7 +293,7 @@ def fit(
                 save_checkpoint(ck, last_path)
                 if improved:
                     save_checkpoint(ck, best_path)
-                log.info("epoch %d/%d %s", epoch + 1, t.epochs, _fmt(record))
+                log.info("epoch %d/%d %s", epoch + 1, t.epochs, runlog.fmt(record))
             D.barrier(info)
     except KeyboardInterrupt:
         if info.is_main:
@@ -309,15 +312,6 @@ def fit(
             logging.getLogger("ctcovid").removeHandler(handler)
             handler.close()
     return FitResult(out, epoch + 1 - start, history, best)
-
-
-def _tensorboard(out: Path) -> Any:
-    """A TensorBoard writer in the run folder when tensorboard is installed, else None."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(log_dir=str(out / "tensorboard"))
 
 
 def _optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -367,32 +361,3 @@ def _better(record: dict[str, Any], best: dict[str, Any], metric: str) -> bool:
     if metric_best is None:
         return True
     return value < metric_best if metric == "val_loss" else value > metric_best
-
-
-def _fmt(record: dict[str, Any]) -> str:
-    return " ".join(
-        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items() if k != "epoch"
-    )
-
-
-def _file_handler(path: Path) -> logging.Handler:
-    h = logging.FileHandler(path)
-    h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    return h
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, path)
-
-
-def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
