@@ -36,3 +36,17 @@ def test_gradient_accumulation_equals_one_big_batch() -> None:
                     StepOptions(torch.device("cpu"), grad_accum=2))
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q)
+
+
+def test_precise_bn_replaces_stale_running_stats_with_the_data_statistics() -> None:
+    from ctcovid.train.loop import recompute_bn_stats
+
+    torch.manual_seed(0)
+    bn = nn.BatchNorm3d(2)
+    bn.running_mean.fill_(50.0)  # stale, as after fast early training
+    bn.eval()
+    data = [torch.randn(4, 2, 3, 4, 4) * 2 + 3 for _ in range(5)]
+    n = recompute_bn_stats(bn, [(x, torch.zeros(4), {}) for x in data], StepOptions(torch.device("cpu")), 3)
+    assert n == 3 and not bn.training and bn.momentum == 0.1
+    batch_means = torch.stack([x.mean(dim=(0, 2, 3, 4)) for x in data[:3]])
+    torch.testing.assert_close(bn.running_mean, batch_means.mean(0))

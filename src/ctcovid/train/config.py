@@ -68,6 +68,7 @@ class TrainConfig:
     deterministic: bool = False
     seed: int = 0
     best_metric: str = "val_auroc"
+    precise_bn_batches: int = 20  # re-estimate BatchNorm statistics on this many batches each epoch (0: off)
     max_bad_steps: int = 20  # non-finite losses tolerated (steps skipped) before the run stops
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch intra-op threads (0: torch default)

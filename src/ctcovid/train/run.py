@@ -36,7 +36,7 @@ from ctcovid.preprocess.augment import build_augment
 from ctcovid.train import distributed as D
 from ctcovid.train import runlog
 from ctcovid.train.config import RunConfig
-from ctcovid.train.loop import EpochStats, StepOptions, evaluate, train_one_epoch
+from ctcovid.train.loop import EpochStats, StepOptions, evaluate, recompute_bn_stats, train_one_epoch
 
 log = logging.getLogger(__name__)
 BatchProgress = Callable[[int, int, dict[str, float]], None]
@@ -154,6 +154,8 @@ def fit(
     augment = build_augment(cfg.preprocess.augment) if t.augment else None
     train_ds = CachedDataset(train_rows, cache, labels, augment=augment, seed=t.seed)
     val_ds = CachedDataset(val_rows, cache, labels)
+    bn_ds = CachedDataset(train_rows, cache, labels)  # un-augmented: statistics as evaluation will see them
+    bn_sampler = ShuffleBatchSampler(len(bn_ds), t.batch_size, seed=t.seed + 1)
     if t.sampler == "class_uniform":
         sampler: Any = ClassUniformBatchSampler(
             train_ds.targets,
@@ -257,6 +259,11 @@ def fit(
                     "Try precision='fp32' or a lower lr."
                 )
             scheduler.step()
+            if info.is_main and t.precise_bn_batches:
+                # Rank 0 only: DDP broadcasts rank 0's buffers to the others at the next forward.
+                bn_sampler.set_epoch(epoch)
+                bn_loader = DataLoader(bn_ds, batch_sampler=bn_sampler, num_workers=workers)
+                recompute_bn_stats(unwrap(model), bn_loader, opts, t.precise_bn_batches)
             if info.is_main:
                 record = {
                     "epoch": epoch,
