@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -117,14 +118,16 @@ class PreprocessCache:
         total, done = len(rows), len(rows) - len(todo)
         if progress:
             progress(done, total)
-        if workers <= 1 or len(todo) <= 1:
+        if workers <= 1 or len(todo) < 4 * workers:  # a spawned worker costs ~1 s to start (imports)
             for row in todo:
                 build_entry(self, row)
                 done += 1
                 if progress:
                     progress(done, total)
             return len(todo)
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        # spawn, not fork: forking a process whose OpenMP thread pool is already running (torch after
+        # a training epoch) deadlocks the children.
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = [
                 pool.submit(
                     _build_in_worker, str(self.dir.parent), self.cfg.to_dict(), str(self.scans_root), row
