@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import REPO_ROOT
 from ctcovid.cli import build_parser, main
 from ctcovid.cli.train_cmds import DEMO_CONFIG
 from ctcovid.config import load_toml
-from conftest import REPO_ROOT
 
 
 def test_every_command_has_help() -> None:
@@ -25,13 +25,16 @@ def test_every_command_has_help() -> None:
 
 
 def test_missing_path_is_one_line_exit_2(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "ctcovid", "inspect", str(tmp_path / "nope")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ctcovid", "inspect", str(tmp_path / "nope")], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "nope" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_inspect_reports_geometry_and_writes_a_montage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_inspect_reports_geometry_and_writes_a_montage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     vol = np.full((12, 32, 32), -1000, np.float32)
     vol[:, 8:24, 6:26] = 40
     np.save(tmp_path / "scan.npy", vol)

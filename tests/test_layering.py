@@ -10,8 +10,23 @@ from pathlib import Path
 from conftest import REPO_ROOT
 
 PKG = REPO_ROOT / "src" / "ctcovid"
-LAYER = {"types": 0, "config": 0, "errors": 0, "io": 1, "preprocess": 1, "models": 1, "metrics": 1,
-         "data": 2, "checkpoint": 2, "train": 3, "predict": 3, "evaluate": 3.5, "serve": 4, "cli": 4, "__main__": 4}
+LAYER = {
+    "types": 0,
+    "config": 0,
+    "errors": 0,
+    "io": 1,
+    "preprocess": 1,
+    "models": 1,
+    "metrics": 1,
+    "data": 2,
+    "checkpoint": 2,
+    "train": 3,
+    "predict": 3,
+    "evaluate": 3.5,
+    "serve": 4,
+    "cli": 4,
+    "__main__": 4,
+}
 
 
 def _unit(module: str) -> str | None:
@@ -25,7 +40,9 @@ def _imports(path: Path) -> list[tuple[int, str]]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
             if node.level:
-                base = mod.split(".")[: len(mod.split(".")) - node.level + (1 if path.name == "__init__.py" else 0)]
+                base = mod.split(".")[
+                    : len(mod.split(".")) - node.level + (1 if path.name == "__init__.py" else 0)
+                ]
                 out.append((node.lineno, ".".join(base + ([node.module] if node.module else []))))
             elif node.module:
                 out.append((node.lineno, node.module))
@@ -61,7 +78,11 @@ def test_library_code_never_prints() -> None:
 
 
 def test_import_ctcovid_is_light() -> None:
-    code = ("import sys, ctcovid; heavy = [m for m in ('torch', 'fastapi', 'matplotlib', 'scipy', 'pydicom') "
-            "if m in sys.modules]; print(','.join(heavy))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    code = (
+        "import sys, ctcovid; heavy = [m for m in ('torch', 'fastapi', 'matplotlib', 'scipy', 'pydicom') "
+        "if m in sys.modules]; print(','.join(heavy))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == ""

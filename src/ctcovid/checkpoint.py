@@ -90,6 +90,25 @@ def save_checkpoint(ckpt: dict[str, Any], path: str | Path) -> Path:
     return out
 
 
+def link_checkpoint(src: str | Path, dst: str | Path) -> Path:
+    """Make ``dst`` the same checkpoint as ``src`` without writing it again (hard link, atomic).
+
+    ``src`` is later replaced by rename, which gives it a new inode, so ``dst`` keeps this version.
+    Falls back to a copy where hard links are not supported.
+    """
+    import shutil
+
+    out = Path(dst)
+    tmp = out.with_name(f".{out.name}.tmp.{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, out)
+    return out
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint (tensors on CPU) and check it is one of ours."""
     p = Path(path)

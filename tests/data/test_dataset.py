@@ -5,12 +5,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_cohort import make_cohort
 
 from ctcovid.data.dataset import ScanDataset
 from ctcovid.data.manifest import ManifestRow, read_manifest
 from ctcovid.errors import ManifestError
 from ctcovid.preprocess.pipeline import PreprocessConfig, build_pipeline
+from tiny_cohort import make_cohort
 
 
 def test_scan_dataset_yields_tensor_target_and_meta(tmp_path: Path) -> None:

@@ -160,8 +160,22 @@ def test_nan_losses_stop_the_run_before_any_checkpoint(tiny_run: tuple[Path, Pat
 def test_ctrl_c_saves_and_exits_cleanly(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
     cfg_path, _ = tiny_run
     out = tmp_path / "int"
-    proc = subprocess.Popen([sys.executable, "-m", "ctcovid", "train", str(cfg_path), "--set", "train.epochs=50",
-                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ctcovid",
+            "train",
+            str(cfg_path),
+            "--set",
+            "train.epochs=50",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while not (out / "checkpoint_last.pt").exists() and time.time() < deadline:
         time.sleep(0.05)

@@ -32,8 +32,13 @@ def test_gradient_accumulation_equals_one_big_batch() -> None:
     opt_a = torch.optim.SGD(a.parameters(), lr=0.1)
     opt_b = torch.optim.SGD(b.parameters(), lr=0.1)
     train_one_epoch(a, [(x, y, {})], opt_a, loss, StepOptions(torch.device("cpu")))
-    train_one_epoch(b, [(x[:4], y[:4], {}), (x[4:], y[4:], {})], opt_b, loss,
-                    StepOptions(torch.device("cpu"), grad_accum=2))
+    train_one_epoch(
+        b,
+        [(x[:4], y[:4], {}), (x[4:], y[4:], {})],
+        opt_b,
+        loss,
+        StepOptions(torch.device("cpu"), grad_accum=2),
+    )
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q)
 

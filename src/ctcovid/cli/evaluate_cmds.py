@@ -27,7 +27,7 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", help="run folder (its checkpoint_best.pt) or a checkpoint .pt file")
     p.add_argument("--manifest", help="manifest CSV (default: the one the model was trained on)")
     p.add_argument("--split-file", help="split CSV (default: the run's split.csv on its own manifest)")
-    p.add_argument("--out", help="report folder (default <run folder>/eval_<split>)")
+    p.add_argument("--out", help="report folder (default <run folder>/eval_<split>[_<checkpoint name>])")
     p.add_argument(
         "--aggregate",
         choices=["mean", "majority"],
@@ -61,7 +61,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
     )
-    out = Path(args.out) if args.out else run_dir / f"eval_{args.split}"
+    # Another checkpoint than the best gets its own folder, so it never overwrites the best's report.
+    suffix = "" if target.is_dir() or target.name == "checkpoint_best.pt" else f"_{target.stem}"
+    out = Path(args.out) if args.out else run_dir / f"eval_{args.split}{suffix}"
     written = write_report(result, out, run_dir=run_dir)
     print(
         f"{result['model']} on the {args.split} split: {result['n_patients']} patients, "

@@ -122,8 +122,11 @@ def _run_demo(args: argparse.Namespace) -> int:
     )
     cfg = run_config_from_dict(raw)
     run_dir = out / "run"
-    inputs = (f"depth-{cfg.preprocess.chunk_depth} chunks" if cfg.preprocess.depth_mode == "stack"
-              else f"volumes of {cfg.preprocess.depth} slices")
+    inputs = (
+        f"depth-{cfg.preprocess.chunk_depth} chunks"
+        if cfg.preprocess.depth_mode == "stack"
+        else f"volumes of {cfg.preprocess.depth} slices"
+    )
     print(f"[4/5] training {cfg.model.name} for {cfg.train.epochs} epochs on {inputs} -> {run_dir}")
     fit(
         cfg,

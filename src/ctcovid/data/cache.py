@@ -127,7 +127,9 @@ class PreprocessCache:
             return len(todo)
         # spawn, not fork: forking a process whose OpenMP thread pool is already running (torch after
         # a training epoch) deadlocks the children.
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(
+            max_workers=workers, mp_context=multiprocessing.get_context("spawn")
+        ) as pool:
             futures = [
                 pool.submit(
                     _build_in_worker, str(self.dir.parent), self.cfg.to_dict(), str(self.scans_root), row

@@ -1,1 +1,4 @@
-"""Evaluation of trained checkpoints (metrics, reports); sweeps and comparisons build on it."""
+"""Evaluation of trained checkpoints: metrics and reports (``report``), sweeps over training
+settings with the papers' tables (``sweep``, ``tables``) and paired comparisons of runs
+(``compare``). Import the submodules; this package imports nothing heavy on its own.
+"""

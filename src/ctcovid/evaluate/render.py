@@ -10,6 +10,7 @@ import base64
 import csv
 import html
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +67,7 @@ class Doc:
             if kind == "h":
                 parts.append(f"<h2>{esc(value)}</h2>")
             elif kind == "p":
-                parts.append(f"<p>{esc(value)}</p>")
+                parts.append(f"<p>{_code(esc(value))}</p>")
             elif kind == "table":
                 header, rows = value
                 parts.append("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>")
@@ -93,6 +94,11 @@ _CSS = (
     "th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}"
     "figure{display:inline-block;margin:0.5em}img{max-width:100%}"
 )
+
+
+def _code(text: str) -> str:
+    """Markdown `code` spans as <code> (after escaping, so nothing else becomes markup)."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
 
 
 def _relative(path: Path, base: Path) -> str:

@@ -83,7 +83,7 @@ def normalize_rows(cm: np.ndarray) -> list[list[float] | None]:
     return [(row / row.sum()).tolist() if row.sum() > 0 else None for row in cm]
 
 
-def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def nan_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a / b elementwise with NaN where b == 0 (NaN only internally: converted to None on output)."""
     a, b = np.broadcast_arrays(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
     out = np.full(a.shape, np.nan)
@@ -102,13 +102,13 @@ def confusion_scores(cm: np.ndarray, positive: int | None = None) -> dict[str, n
     support = cm.sum(-1)  # true counts per class
     predicted = cm.sum(-2)
     n = support.sum(-1)
-    precision = _div(tp, predicted)
-    recall = _div(tp, support)
-    f1 = _div(2 * tp, support + predicted)
+    precision = nan_div(tp, predicted)
+    recall = nan_div(tp, support)
+    f1 = nan_div(2 * tp, support + predicted)
     present = support > 0
     n_present = present.sum(-1)
     out = {
-        "accuracy": _div(tp.sum(-1), n),
+        "accuracy": nan_div(tp.sum(-1), n),
         "precision": precision,
         "recall": recall,
         "f1": f1,
@@ -116,22 +116,22 @@ def confusion_scores(cm: np.ndarray, positive: int | None = None) -> dict[str, n
     }
     for name, per_class in (("precision", precision), ("recall", recall), ("f1", f1)):
         v = np.where(present, np.nan_to_num(per_class, nan=0.0), 0.0)  # zero_division=0
-        out[f"{name}_macro"] = _div(v.sum(-1), n_present)
-        out[f"{name}_weighted"] = _div((v * support).sum(-1), n)
+        out[f"{name}_macro"] = nan_div(v.sum(-1), n_present)
+        out[f"{name}_weighted"] = nan_div((v * support).sum(-1), n)
     idx = np.arange(k)
     w = (idx[:, None] - idx[None, :]) ** 2.0  # quadratic disagreement weights
-    expected = _div(support[..., :, None] * predicted[..., None, :], n[..., None, None])
-    out["kappa_quadratic"] = 1.0 - _div((w * cm).sum((-2, -1)), (w * expected).sum((-2, -1)))
+    expected = nan_div(support[..., :, None] * predicted[..., None, :], n[..., None, None])
+    out["kappa_quadratic"] = 1.0 - nan_div((w * cm).sum((-2, -1)), (w * expected).sum((-2, -1)))
     if positive is not None:
         ptp = cm[..., positive, positive]
         pfn = support[..., positive] - ptp
         pfp = predicted[..., positive] - ptp
         ptn = n - ptp - pfn - pfp
-        out["binary_accuracy"] = _div(ptp + ptn, n)
-        out["binary_precision"] = _div(ptp, ptp + pfp)
-        out["binary_recall"] = _div(ptp, ptp + pfn)
-        out["binary_specificity"] = _div(ptn, ptn + pfp)
-        out["binary_f1"] = _div(2 * ptp, 2 * ptp + pfp + pfn)
+        out["binary_accuracy"] = nan_div(ptp + ptn, n)
+        out["binary_precision"] = nan_div(ptp, ptp + pfp)
+        out["binary_recall"] = nan_div(ptp, ptp + pfn)
+        out["binary_specificity"] = nan_div(ptn, ptn + pfp)
+        out["binary_f1"] = nan_div(2 * ptp, 2 * ptp + pfp + pfn)
     return out
 
 
@@ -160,7 +160,7 @@ def weighted_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray |
     wn = np.add.reduceat(w_sorted * ~pos_sorted, starts, axis=1)
     below = np.cumsum(wn, axis=1) - wn  # negative weight strictly below each group
     u = (wp * (below + 0.5 * wn)).sum(1)
-    return _div(u, wp.sum(1) * wn.sum(1))
+    return nan_div(u, wp.sum(1) * wn.sum(1))
 
 
 def expected_calibration_error(
@@ -265,7 +265,11 @@ def classification_metrics(
         "labels": names,
         "classes_present": [names[c] for c in present],
         "accuracy": _f(s["accuracy"]),
-        **{f"{m}_{a}": _f(s[f"{m}_{a}"]) for a in ("macro", "weighted") for m in ("precision", "recall", "f1")},
+        **{
+            f"{m}_{a}": _f(s[f"{m}_{a}"])
+            for a in ("macro", "weighted")
+            for m in ("precision", "recall", "f1")
+        },
         "auroc": auroc,
         "auroc_weighted": auroc_w,
         "per_class": per_class,

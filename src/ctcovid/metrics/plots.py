@@ -48,14 +48,20 @@ def plot_confusion(
         for j in range(k):
             text = f"{norm[i, j]:.0%}\n({int(counts[i, j])})" if rows[i, 0] > 0 else "-"
             ax.text(
-                j, i, text, ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black", fontsize=9
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                color="white" if norm[i, j] > 0.5 else "black",
+                fontsize=9,
             )
     ax.set_xticks(range(k), labels)
     ax.set_yticks(range(k), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title or "confusion matrix (row-normalized)")
-    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.colorbar(im, ax=ax, shrink=0.85)
     return _save(fig, path)
 
 
@@ -73,7 +79,15 @@ def plot_roc(
         if y.all() or not y.any():
             continue  # AUROC undefined for this class
         fpr, tpr, _ = roc_curve(y, probs[:, c])
-        ax.plot(fpr, tpr, lw=1.8, label=f"{name} vs rest (AUC {roc_auc_score(y, probs[:, c]):.3f})")
+        # Thinner lines for later classes, so identical curves (often at AUC 1) stay visible.
+        ax.plot(
+            fpr,
+            tpr,
+            lw=max(1.0, 3.5 - 0.8 * c),
+            alpha=0.85,
+            ls=("-", "--", "-.", ":")[c % 4],
+            label=f"{name} vs rest (AUC {roc_auc_score(y, probs[:, c]):.3f})",
+        )
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.set_xlabel("false positive rate (1 - specificity)")
@@ -104,7 +118,10 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | Path,
     series(ax_acc, "val_f1_macro", "validation macro F1", ":")
     ax_acc.set_ylim(-0.02, 1.02)
     ax_acc.set_title("accuracy / AUROC")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -128,14 +145,20 @@ def plot_reliability(
         lows = [b["low"] for b in full]
         widths = [b["high"] - b["low"] for b in full]
         ax.bar(lows, [b["accuracy"] for b in full], widths, align="edge", alpha=0.7, ec="k", label="accuracy")
-        ax.plot([b["confidence"] for b in full], [b["accuracy"] for b in full], "o", color="C3", ms=3,
-                label="mean confidence")  # fmt: skip
+        ax.plot(
+            [b["confidence"] for b in full],
+            [b["accuracy"] for b in full],
+            "o",
+            color="C3",
+            ms=3,
+            label="bin (mean confidence, accuracy)",
+        )
         ax_n.bar(lows, [b["count"] for b in full], widths, align="edge", color="0.6", ec="k")
     ax.set_ylim(0, 1)
     ax.set_xlim(0, 1)
     ax.set_ylabel("accuracy")
-    ax.set_title(title or ("reliability" + (f" (ECE {ece:.3f})" if ece is not None else "")))
-    ax.legend(loc="upper left", fontsize=8)
+    fig.suptitle(title or ("reliability" + (f" (ECE {ece:.3f})" if ece is not None else "")))
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=7, frameon=False)
     ax_n.set_xlabel("confidence (top-class probability)")
     ax_n.set_ylabel("count")
     return _save(fig, path)
@@ -164,14 +187,29 @@ def plot_metric_lines(
     axes = np.atleast_1d(axes)
     groups = sorted({r[series] for r in rows}, key=_sort_key)
     for ax, metric in zip(axes, metrics):
-        for g in groups:
+        values: list[float] = []
+        for i, g in enumerate(groups):
             pts = sorted(
                 ((r[x], r[metric]) for r in rows if r[series] == g and r.get(metric) is not None),
                 key=lambda p: _sort_key(p[0]),
             )
             if pts:
                 xs, ys = zip(*pts)
-                ax.plot(xs, ys, marker="o", label=f"{series_label or series} {g}")
+                values += ys
+                # Distinct markers, dashes and shrinking widths keep coinciding lines visible.
+                ax.plot(
+                    xs,
+                    ys,
+                    marker="osD^v"[i % 5],
+                    ms=7 - i % 4,
+                    lw=max(1.0, 3.0 - 0.6 * i),
+                    ls=("-", "--", "-.", ":")[i % 4],
+                    label=f"{series_label or series} {g}",
+                )
+        if values:
+            lo, hi = min(values), max(values)
+            pad = max(0.02, (hi - lo) * 0.1)
+            ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad) + 0.01)
         if log2_x:
             ax.set_xscale("log", base=2)
             ticks = sorted({r[x] for r in rows}, key=_sort_key)
@@ -199,23 +237,23 @@ def plot_metric_bars(
     """Grouped bars of ``metrics`` per row (a model), with ``<metric>_low/_high`` as error bars."""
     labels = metric_labels or {}
     names = [str(r[name]) for r in rows]
-    fig, ax = _figure(max(4.5, 1.2 * len(names) * max(1, len(metrics)) ** 0.5 + 1.5), 3.8)
+    fig, ax = _figure(max(5.0, 0.4 * len(names) * len(metrics) + 2.5), 3.8)
     width = 0.8 / max(1, len(metrics))
     xs = np.arange(len(names))
     for i, metric in enumerate(metrics):
         vals = np.array([np.nan if r.get(metric) is None else r[metric] for r in rows], dtype=float)
         lo = np.array([r.get(f"{metric}_low") for r in rows], dtype=float)
         hi = np.array([r.get(f"{metric}_high") for r in rows], dtype=float)
-        err = np.vstack([np.nan_to_num(vals - lo), np.nan_to_num(hi - vals)])
+        err = np.vstack([vals - lo, hi - vals])  # NaN (no CI, or no value): no error bar drawn
         pos = xs + (i - (len(metrics) - 1) / 2) * width
         ax.bar(pos, np.nan_to_num(vals), width, yerr=err, capsize=3, label=labels.get(metric, metric))
         for px, v in zip(pos, vals):
             if not np.isnan(v):
-                ax.text(px, v / 2, f"{v:.3f}", ha="center", va="center", rotation=90, fontsize=7, color="w")
+                ax.text(px, 0.02, f"{v:.3f}", ha="center", va="bottom", rotation=90, fontsize=7, color="w")
     ax.set_xticks(xs, names, rotation=15)
     ax.set_ylim(0, 1.05)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_title(title)
     return _save(fig, path)
 

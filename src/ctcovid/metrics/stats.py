@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ctcovid.metrics.metrics import _div, confusion_scores, weighted_auc
+from ctcovid.metrics.metrics import confusion_scores, nan_div, weighted_auc
 
 N_RESAMPLES = 1000
 CI_METRICS = (
@@ -66,7 +66,7 @@ def resampled_scores(
         out.pop("kappa_quadratic", None)
     aucs = np.stack([weighted_auc(probs[:, c], targets == c, weights) for c in range(k)], 1)  # (B, K)
     n_defined = (~np.isnan(aucs)).sum(1)
-    out["auroc"] = np.where(n_defined >= 2, _div(np.nansum(aucs, 1), n_defined), np.nan)
+    out["auroc"] = np.where(n_defined >= 2, nan_div(np.nansum(aucs, 1), n_defined), np.nan)
     if positive is not None:
         out["binary_auroc"] = aucs[:, positive]
     return out
@@ -122,9 +122,11 @@ def paired_bootstrap(
     a = np.asarray(correct_a, dtype=np.float64)
     b = np.asarray(correct_b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
-        raise ValueError(f"paired samples must be two equal, non-empty 1D arrays, got {a.shape} and {b.shape}")
+        raise ValueError(
+            f"paired samples must be two equal, non-empty 1D arrays, got {a.shape} and {b.shape}"
+        )
     w = patient_weights(groups, n_resamples, seed)
-    d = _div(w @ (a - b), w.sum(1))
+    d = nan_div(w @ (a - b), w.sum(1))
     alpha = (1 - confidence) / 2
     p = min(1.0, 2 * min(float((d <= 0).mean()), float((d >= 0).mean())))
     return {

@@ -10,7 +10,7 @@ return logits. This package imports only torch.
 """
 
 # Importing the family modules registers their builders.
-from ctcovid.models import ct_s, r2plus1d, resnet2d, resnet3d
+from ctcovid.models import ct_s, r2plus1d, resnet2d, resnet3d, slice_baseline
 from ctcovid.models.blocks import ResNet
 from ctcovid.models.registry import (
     DuplicateModelError,
@@ -49,4 +49,5 @@ __all__ = [
     "register_model",
     "resnet2d",
     "resnet3d",
+    "slice_baseline",
 ]

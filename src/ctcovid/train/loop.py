@@ -153,7 +153,10 @@ def evaluate(
 
 @torch.no_grad()
 def recompute_bn_stats(
-    model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor, Any]], opts: StepOptions, max_batches: int
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor, Any]],
+    opts: StepOptions,
+    max_batches: int,
 ) -> int:
     """Re-estimate BatchNorm running statistics with the current weights ("precise BN").
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ctcovid.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint, unwrap
+from ctcovid.checkpoint import link_checkpoint, load_checkpoint, make_checkpoint, save_checkpoint, unwrap
 from ctcovid.data.cache import PreprocessCache
 from ctcovid.data.dataset import CachedDataset
 from ctcovid.data.manifest import read_manifest
@@ -299,7 +299,7 @@ def fit(
                     tb.flush()
                 save_checkpoint(ck, last_path)
                 if improved:
-                    save_checkpoint(ck, best_path)
+                    link_checkpoint(last_path, best_path)
                 log.info("epoch %d/%d %s", epoch + 1, t.epochs, runlog.fmt(record))
             D.barrier(info)
     except KeyboardInterrupt:

@@ -1,0 +1,220 @@
+"""Prediction commands: predict, explain, export, serve."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ctcovid.cli.progress import progress
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint file or run folder")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--batch-size", type=int, default=4, help="chunks per forward pass (default 4)")
+
+
+# --------------------------------------------------------------------------- predict
+def _add_predict(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="DICOM series folder, NIfTI file, slice-image folder, .zip of a DICOM series, or a folder of scans",
+    )
+    _add_model_args(p)
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", metavar="OUT", help="write every prediction (with chunk detail) to OUT")
+    out.add_argument("--csv", metavar="OUT", help="write one row per scan to OUT")
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from ctcovid.predict import Predictor
+
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, batch_size=args.batch_size)
+    with progress(len(args.paths), "predict") as tick:
+        preds = predictor.predict_paths(args.paths, progress=tick)
+    labels = predictor.labels
+    width = max([len(p.scan_id) for p in preds] + [7])
+    print(f"{'scan_id':<{width}}  {'label':<8} " + " ".join(f"{lab:>8}" for lab in labels))
+    for pred in preds:
+        if pred.ok:
+            probs = " ".join(f"{pred.probs[lab]:>8.3f}" for lab in labels)
+            chunks = f"  ({len(pred.chunks)} chunks)" if len(pred.chunks) > 1 else ""
+            print(f"{pred.scan_id:<{width}}  {pred.label:<8} {probs}{chunks}")
+        else:
+            print(f"{pred.scan_id:<{width}}  ERROR    {pred.error}")
+    if args.json:
+        doc = {"model": predictor.info(), "predictions": [p.to_dict() for p in preds]}
+        Path(args.json).write_text(json.dumps(doc, indent=2))
+        print(f"predictions written to {args.json}")
+    elif args.csv:
+        _write_csv(Path(args.csv), preds, labels)
+        print(f"predictions written to {args.csv}")
+    failed = sum(1 for p in preds if not p.ok)
+    if failed:
+        print(f"{failed} of {len(preds)} scan(s) failed (see the error column)", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _write_csv(path: Path, preds: list[Any], labels: list[str]) -> None:
+    columns = [
+        "scan_id",
+        "path",
+        "label",
+        "severity",
+        *[f"p_{lab}" for lab in labels],
+        "n_chunks",
+        "warnings",
+        "error",
+    ]
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        for p in preds:
+            row = {
+                "scan_id": p.scan_id,
+                "path": p.path or "",
+                "label": p.label or "",
+                "severity": p.severity or "",
+                "n_chunks": len(p.chunks),
+                "warnings": "; ".join(p.warnings),
+                "error": p.error or "",
+            }
+            row.update({f"p_{lab}": f"{p.probs[lab]:.6f}" if p.ok else "" for lab in labels})
+            w.writerow(row)
+
+
+# --------------------------------------------------------------------------- explain
+def _add_explain(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", metavar="PATH", help="one scan, or a folder of scans (as for predict)")
+    _add_model_args(p)
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="folder for heatmaps (NIfTI), montages (PNG), JSON"
+    )
+    p.add_argument("--method", choices=["gradcam", "gradcam++"], default="gradcam")
+    p.add_argument("--layer", default=None, help="layer to hook (default: the model's, layer4)")
+    p.add_argument(
+        "--target", default=None, metavar="CLASS", help="class to explain (default: the predicted one)"
+    )
+    p.add_argument("--slices", type=int, default=6, help="slices in the montage (default 6)")
+
+
+def _run_explain(args: argparse.Namespace) -> int:
+    from ctcovid.predict import Predictor, explain, find_scans, open_scan
+    from ctcovid.predict.explain import safe_stem
+    from ctcovid.predict.predictor import describe_error
+
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, batch_size=args.batch_size)
+    scans = find_scans(args.path)
+    failed = 0
+    with progress(len(scans), "explain") as tick:
+        for k, (scan_id, path) in enumerate(scans):
+            try:
+                with open_scan(path) as volume:
+                    e = explain(
+                        predictor,
+                        volume,
+                        scan_id=scan_id,
+                        method=args.method,
+                        layer=args.layer,
+                        target=args.target,
+                    )
+                files = e.save(args.out, safe_stem(scan_id), n_slices=args.slices)
+            except Exception as err:  # report and go on with the other scans
+                failed += 1
+                print(f"{scan_id}: ERROR {describe_error(err)}", file=sys.stderr)
+                continue
+            finally:
+                tick(k + 1, len(scans))
+            p = e.prediction
+            print(
+                f"{scan_id}: {p.label} ({p.probs[p.label or '']:.3f}); {e.method} on {e.layer} for {e.target}; "
+                f"hottest slices {e.top_slices(args.slices)}"
+            )
+            for kind, f in files.items():
+                print(f"  {kind}: {f}")
+    return 1 if failed else 0
+
+
+# --------------------------------------------------------------------------- export
+def _add_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file or run folder")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--out", metavar="FILE", help="output file (default: beside the checkpoint)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--no-check", action="store_true", help="skip the parity check against PyTorch")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from ctcovid.predict import check_parity, export_model, load_exported
+
+    out = export_model(args.checkpoint, args.out, format=args.format, opset=args.opset)
+    meta = load_exported(out).metadata
+    size_mb = out.stat().st_size / 2**20
+    print(f"exported {meta['model']} ({args.format}, {size_mb:.1f} MiB) to {out}")
+    print(
+        f"  input (B, {', '.join(map(str, meta['input_shape']))}) float32 in [0, 1]; output logits for {meta['labels']}"
+    )
+    if not args.no_check:
+        diff = check_parity(args.checkpoint, out)
+        tol = 1e-4 if args.format == "onnx" else 1e-5
+        print(f"  parity with PyTorch: max |logit difference| = {diff:.2e} (tolerance {tol:g})")
+        if diff > tol:
+            print("  parity check FAILED", file=sys.stderr)
+            return 1
+    return 0
+
+
+# --------------------------------------------------------------------------- serve
+def _add_serve(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint file or run folder")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-upload-mb", type=int, default=1024, help="largest upload accepted (default 1024)")
+    p.add_argument("--max-concurrent", type=int, default=1, help="inferences at once (default 1)")
+    p.add_argument("--max-queue", type=int, default=8, help="requests waiting beyond those; more get 503")
+    p.add_argument("--tmp-dir", help="folder for request files (default: the system temp folder)")
+    p.epilog = "Set CTCOVID_API_TOKEN to require 'Authorization: Bearer <token>' on the API."
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+    except ImportError as e:
+        from ctcovid.errors import MissingExtraError
+
+        raise MissingExtraError("uvicorn", "serve") from e
+    from ctcovid.serve import ServeSettings, create_app
+
+    settings = ServeSettings(
+        max_upload_bytes=args.max_upload_mb * 2**20,
+        max_concurrent=args.max_concurrent,
+        max_queue=args.max_queue,
+        tmp_dir=args.tmp_dir,
+        device=args.device,
+    )
+    app = create_app(args.checkpoint, settings)
+    auth = "bearer token required" if settings.token() else "no token (set CTCOVID_API_TOKEN to require one)"
+    print(
+        f"serving {app.state.predictor.model_name} on http://{args.host}:{args.port}/ ({auth}); docs at /docs"
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+COMMANDS = {
+    "predict": ("predict the label of one or many scans with a checkpoint", _add_predict, _run_predict),
+    "explain": ("Grad-CAM heatmaps (NIfTI on the input scan) and PNG montages", _add_explain, _run_explain),
+    "export": (
+        "export a checkpoint to ONNX or TorchScript (labels and preprocessing included)",
+        _add_export,
+        _run_export,
+    ),
+    "serve": ("HTTP API and upload page for a checkpoint (FastAPI + uvicorn)", _add_serve, _run_serve),
+}

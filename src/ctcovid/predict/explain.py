@@ -1,0 +1,306 @@
+"""3D Grad-CAM and Grad-CAM++ heatmaps, mapped back onto the scan a clinician opened.
+
+For a target class ``c`` and the activations ``A_k`` of a layer (default: the registry's
+``gradcam_layer``, ``layer4`` for every model here):
+
+* Grad-CAM (Selvaraju et al. 2017): ``relu(sum_k w_k A_k)`` with ``w_k`` the mean over voxels of
+  ``d y_c / d A_k``;
+* Grad-CAM++ (Chattopadhay et al. 2018): ``w_k = sum_ij alpha_ij relu(d y_c / d A_k,ij)`` with the
+  closed-form ``alpha = g^2 / (2 g^2 + sum(A) g^3)`` (the exponential-score form).
+
+Depth-n models see a scan as chunks; each chunk's map is upsampled to its slices and the chunks
+are stitched along z (overlaps averaged). The map is normalised once per scan (max = 1), so a chunk
+with little evidence stays dim. It is then upsampled to the preprocessed grid and mapped back to
+the *input* scan's voxel grid by inverting the preprocessing geometry (crop box, in-plane resize,
+z uniformization) from :class:`~ctcovid.preprocess.Preprocessed`'s spacing and origin, so the
+NIfTI written by :meth:`Explanation.save` carries the input's affine and overlays the original in
+3D Slicer or ITK-SNAP. The target is the scan's predicted class unless one is named.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ctcovid.errors import CtcovidError
+from ctcovid.predict.predictor import Prediction, Predictor
+from ctcovid.preprocess.intensity import LUNG_WINDOW_HU, apply_window, display_to_unit
+from ctcovid.preprocess.pipeline import Preprocessed
+from ctcovid.types import Units, Volume
+
+CamMethod = Literal["gradcam", "gradcam++"]
+CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcam++")
+_EPS = 1e-7
+
+
+@dataclass
+class Explanation:
+    """A prediction with its heatmap on the input scan's grid (and on the preprocessed grid)."""
+
+    prediction: Prediction
+    target: str
+    method: str
+    layer: str
+    heat: np.ndarray  # float32 (D, H, W) in [0, 1], the input volume's grid
+    heat_preprocessed: np.ndarray  # float32 (D', H', W') in [0, 1], the network's grid
+    volume: Volume
+
+    def heat_volume(self) -> Volume:
+        """The heatmap as a :class:`Volume` with the input scan's geometry (for NIfTI)."""
+        v = self.volume
+        return Volume(self.heat, spacing_mm=v.spacing_mm, origin_mm=v.origin_mm, direction=v.direction)
+
+    def top_slices(self, n: int = 6) -> list[int]:
+        """The ``n`` axial slices holding the most heat, in ascending z."""
+        return top_slices(self.heat, n)
+
+    def montage_png(self, n_slices: int = 6) -> bytes:
+        p = self.prediction
+        title = (
+            f"{p.scan_id}: {p.label} ({p.probs.get(p.label or '', 0.0):.2f})  {self.method} -> {self.target}"
+        )
+        return montage_png(self.volume, self.heat, n_slices=n_slices, title=title)
+
+    def save(self, out_dir: str | Path, stem: str | None = None, n_slices: int = 6) -> dict[str, Path]:
+        """Write ``<stem>_heatmap.nii.gz``, ``<stem>_montage.png`` and ``<stem>_explain.json``."""
+        from ctcovid.io import write_nifti
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = stem or safe_stem(self.prediction.scan_id)
+        files = {
+            "heatmap": write_nifti(self.heat_volume(), out / f"{stem}_heatmap.nii.gz"),
+            "montage": out / f"{stem}_montage.png",
+            "json": out / f"{stem}_explain.json",
+        }
+        files["montage"].write_bytes(self.montage_png(n_slices))
+        files["json"].write_text(
+            json.dumps({**self.summary(n_slices), "files": {k: str(v) for k, v in files.items()}}, indent=2)
+        )
+        return files
+
+    def summary(self, n_slices: int = 6) -> dict[str, Any]:
+        return {
+            "prediction": self.prediction.to_dict(),
+            "method": self.method,
+            "layer": self.layer,
+            "target": self.target,
+            "top_slices": self.top_slices(n_slices),
+        }
+
+
+def safe_stem(scan_id: str) -> str:
+    """A file name stem from a scan id (``a/b c`` -> ``a__b_c``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", scan_id.replace("/", "__")).strip("._") or "scan"
+
+
+# --------------------------------------------------------------------------- CAM
+@contextmanager
+def _capture(layer: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+    """Capture ``layer``'s output as a fresh leaf with gradient, for this thread only.
+
+    The forward runs under ``no_grad`` up to the layer; the hook detaches the layer's output,
+    makes it require grad and turns gradients on for the rest of the forward, so autograd keeps
+    only the (small) graph from the layer to the logits. Other threads (a server predicting
+    concurrently with the same model) pass through untouched.
+    """
+    owner = threading.get_ident()
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(_m: nn.Module, _inp: Any, out: torch.Tensor) -> torch.Tensor | None:
+        if threading.get_ident() != owner:
+            return None
+        act = out.detach().requires_grad_(True)
+        store["act"] = act
+        torch.set_grad_enabled(True)  # restored by the caller's no_grad() on exit
+        return act
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+def find_layer(model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError as e:
+        names = [n for n, _ in model.named_children()]
+        raise CtcovidError(
+            f"layer '{name}' not found in the model; top-level layers: {', '.join(names)}"
+        ) from e
+
+
+def cam_maps(
+    model: nn.Module, x: torch.Tensor, target: int, layer: str, method: str = "gradcam"
+) -> torch.Tensor:
+    """Class activation maps ``(B, d, h, w)`` (not normalised) of a batch ``x`` for class ``target``."""
+    if method not in CAM_METHODS:
+        raise CtcovidError(f"unknown explanation method {method!r}; valid: {', '.join(CAM_METHODS)}")
+    module = find_layer(model, layer)
+    with _capture(module) as store, torch.no_grad():
+        logits = model(x)
+        act = store.get("act")
+        if act is None:
+            raise CtcovidError(f"layer '{layer}' was not used by the forward pass; pick another layer")
+        (grads,) = torch.autograd.grad(logits[:, target].sum(), act)
+    act, grads = act.detach().float(), grads.float()
+    dims = tuple(range(2, act.ndim))
+    if method == "gradcam":
+        weights = grads.mean(dim=dims, keepdim=True)
+    else:
+        g2, g3 = grads.pow(2), grads.pow(3)
+        alpha = g2 / (2 * g2 + act.sum(dim=dims, keepdim=True) * g3 + _EPS)
+        alpha = torch.where(grads != 0, alpha, torch.zeros_like(alpha))
+        weights = (alpha * F.relu(grads)).sum(dim=dims, keepdim=True)
+    return F.relu((weights * act).sum(dim=1))
+
+
+def explain(
+    predictor: Predictor,
+    volume: Volume,
+    *,
+    scan_id: str = "scan",
+    method: str = "gradcam",
+    layer: str | None = None,
+    target: str | None = None,
+) -> Explanation:
+    """Predict ``volume`` and explain the ``target`` class (default: the predicted one)."""
+    from ctcovid.models import model_info
+
+    if layer is None:
+        layer = model_info(predictor.model_name).gradcam_layer if predictor.model_name else "layer4"
+    pre, chunks = predictor.prepare(volume, scan_id)
+    stack = np.stack([c.array for c in chunks])
+    probs = predictor.forward_probs(stack)
+    prediction = predictor._assemble(scan_id, [*volume.warnings, *pre.warnings], chunks, probs, {}, None)
+    if target is None:
+        target = prediction.label
+    if target not in predictor.labels:
+        raise CtcovidError(
+            f"unknown target class {target!r}; the model's classes: {', '.join(predictor.labels)}"
+        )
+    t = predictor.labels.index(target)
+    _, d_pre, h, w = pre.array.shape
+    total = np.zeros((d_pre, h, w), dtype=np.float32)
+    count = np.zeros(d_pre, dtype=np.float32)
+    for i in range(0, len(chunks), predictor.batch_size):
+        part = chunks[i : i + predictor.batch_size]
+        x = torch.from_numpy(np.ascontiguousarray(stack[i : i + len(part)])).to(predictor.device)
+        cams = cam_maps(predictor.model, x, t, layer, method)  # (B, d, h', w')
+        up = F.interpolate(cams[:, None], size=tuple(x.shape[2:]), mode="trilinear", align_corners=False)
+        up_np = up[:, 0].cpu().numpy()
+        for c, m in zip(part, up_np):
+            n = c.stop - c.start
+            total[c.start : c.stop] += m[:n]
+            count[c.start : c.stop] += 1
+    heat_pre = total / np.maximum(count, 1)[:, None, None]
+    peak = float(heat_pre.max())
+    if peak > 0:
+        heat_pre /= peak
+    heat = to_input_grid(heat_pre, pre, volume)
+    return Explanation(prediction, target, method, layer, heat, heat_pre.astype(np.float32), volume)
+
+
+# --------------------------------------------------------------------------- geometry
+def to_input_grid(heat: np.ndarray, pre: Preprocessed, volume: Volume) -> np.ndarray:
+    """Resample a map on the preprocessed grid ``(D', H', W')`` onto ``volume``'s voxel grid.
+
+    Each input voxel inside the crop box is placed on the preprocessed grid through physical
+    space: its LPS position (the input's origin, direction, spacing), expressed in the
+    preprocessed grid's origin and spacing (same direction: preprocessing never rotates), then
+    interpolated linearly (edges clamped, the pixel-centre convention of the resize). Voxels
+    outside the crop box get 0. Inverts crop, pad, resize and z uniformization alike.
+    """
+    d, h, w = volume.shape
+    out = np.zeros((d, h, w), dtype=np.float32)
+    box = pre.box
+    lo = (max(box.z0, 0), max(box.y0, 0), max(box.x0, 0))
+    hi = (min(box.z1, d), min(box.y1, h), min(box.x1, w))
+    if any(b <= a for a, b in zip(lo, hi)):
+        return out
+    direction = np.asarray(volume.direction, dtype=np.float64)
+    # The input's origin in mm along each array axis, relative to the preprocessed origin.
+    offset = np.linalg.solve(direction, np.asarray(volume.origin_mm) - np.asarray(pre.origin_mm))
+    sampled = np.asarray(heat, dtype=np.float32)
+    for axis in range(3):
+        index = np.arange(lo[axis], hi[axis], dtype=np.float64)
+        pos = (offset[axis] + volume.spacing_mm[axis] * index) / pre.spacing_mm[axis]
+        sampled = _interp_axis(sampled, pos, axis)
+    out[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = sampled
+    return out
+
+
+def _interp_axis(a: np.ndarray, pos: np.ndarray, axis: int) -> np.ndarray:
+    """Linear interpolation of ``a`` along ``axis`` at fractional indices ``pos`` (edges clamped)."""
+    n = a.shape[axis]
+    p = np.clip(pos, 0, n - 1)
+    i0 = np.floor(p).astype(np.intp)
+    i1 = np.minimum(i0 + 1, n - 1)
+    shape = [1, 1, 1]
+    shape[axis] = len(p)
+    wt = (p - i0).astype(np.float32).reshape(shape)
+    return np.take(a, i0, axis=axis) * (1 - wt) + np.take(a, i1, axis=axis) * wt
+
+
+# --------------------------------------------------------------------------- montage
+def top_slices(heat: np.ndarray, n: int = 6) -> list[int]:
+    """The ``n`` axial slices with the most heat (evenly spread when there is none), ascending."""
+    d = heat.shape[0]
+    n = max(1, min(n, d))
+    per_slice = heat.reshape(d, -1).sum(axis=1)
+    if not np.any(per_slice > 0):
+        return sorted({int(round(x)) for x in np.linspace(0, d - 1, n)})
+    return sorted(int(k) for k in np.argsort(-per_slice, kind="stable")[:n])
+
+
+def _display(volume: Volume) -> np.ndarray:
+    if volume.units == Units.HU:
+        return apply_window(volume.voxels, *LUNG_WINDOW_HU)
+    return display_to_unit(volume.voxels)
+
+
+def montage_png(volume: Volume, heat: np.ndarray, *, n_slices: int = 6, title: str = "") -> bytes:
+    """PNG of the most activated axial slices: CT in the lung window, heatmap over it (jet)."""
+    # Lazy (import ctcovid stays light); the object API, not pyplot: no global state, thread-safe.
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ks = top_slices(heat, n_slices)
+    cols = min(3, len(ks))
+    rows = (len(ks) + cols - 1) // cols
+    gray = _display(volume)
+    jet = colormaps["jet"]
+    aspect = volume.spacing_mm[1] / volume.spacing_mm[2]
+    fig = Figure(figsize=(3.2 * cols, 3.2 * rows * min(max(aspect, 0.5), 2.0) + 0.6), dpi=100)
+    FigureCanvasAgg(fig)
+    for j, k in enumerate(ks):
+        ax = fig.add_subplot(rows, cols, j + 1)
+        g = gray[k][..., None]
+        hk = np.clip(heat[k], 0, 1)
+        alpha = (0.55 * hk)[..., None]
+        rgb = g * (1 - alpha) + jet(hk)[..., :3] * alpha
+        ax.imshow(np.clip(rgb, 0, 1), aspect=aspect, interpolation="nearest")
+        z_mm = volume.index_to_lps((k, 0, 0))[2]
+        ax.set_title(f"slice {k}  z={z_mm:.0f} mm  max {hk.max():.2f}", fontsize=8)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()

@@ -1,0 +1,388 @@
+"""From a scan to an answer: :class:`Predictor` wraps a checkpoint's model and its preprocessing.
+
+>>> predictor = Predictor.from_checkpoint("runs/demo/checkpoint_best.pt")  # doctest: +SKIP
+>>> predictor.predict_path("scan.nii.gz").probs  # doctest: +SKIP
+{'NCP': 0.91, 'CP': 0.06, 'Normal': 0.03}
+
+The pipeline is rebuilt from the checkpoint's ``preprocess`` dict, so a scan is seen exactly as
+in training. A depth-n model (``depth_mode="stack"``) sees a scan as many chunks: each chunk gets
+probabilities and the scan's are their mean, as in evaluation. :meth:`Predictor.predict_paths`
+runs many scans, batching chunks across scans and reading the next scan while the network works;
+a scan that fails is returned with its ``error`` and the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ctcovid.checkpoint import load_checkpoint, rebuild_model
+from ctcovid.errors import CtcovidError
+from ctcovid.predict.inputs import ZipLimits, find_scans, open_scan, scan_id_of
+from ctcovid.preprocess.depth import Chunk
+from ctcovid.preprocess.pipeline import Pipeline, PreprocessConfig, Preprocessed, build_pipeline
+from ctcovid.types import Volume
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class ChunkPrediction:
+    """Probabilities of one chunk: slices ``start:stop`` of the preprocessed scan."""
+
+    index: int
+    start: int
+    stop: int
+    probs: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "start": self.start, "stop": self.stop, "probs": self.probs}
+
+
+@dataclass
+class Prediction:
+    """The answer for one scan. ``error`` is set (and ``label`` None) when the scan failed."""
+
+    scan_id: str
+    label: str | None
+    probs: dict[str, float]
+    chunks: list[ChunkPrediction] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    task: str = "diagnosis"
+    path: str | None = None
+    error: str | None = None
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def severity(self) -> str | None:
+        """The predicted severity group (low / medium / high) for a severity model, else None."""
+        return self.label if self.task == "severity" else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scan_id": self.scan_id,
+            "path": self.path,
+            "task": self.task,
+            "label": self.label,
+            "severity": self.severity,
+            "probs": self.probs,
+            "n_chunks": len(self.chunks),
+            "chunks": [c.to_dict() for c in self.chunks],
+            "warnings": self.warnings,
+            "error": self.error,
+            "timings_s": self.timings_s,
+        }
+
+    @classmethod
+    def failure(
+        cls, scan_id: str, error: BaseException | str, *, task: str, path: str | Path | None
+    ) -> Prediction:
+        path = str(path) if path is not None else None
+        return cls(scan_id, None, {}, task=task, path=path, error=describe_error(error))
+
+
+def describe_error(error: BaseException | str) -> str:
+    """Our errors say it all; anything else gets its type name in front."""
+    if isinstance(error, str | CtcovidError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CtcovidError(f"device '{device}' requested but CUDA is not available here; use --device cpu")
+    return dev
+
+
+@dataclass
+class _Loaded:
+    """A scan read and preprocessed, waiting for the network."""
+
+    warnings: list[str]  # the volume itself is dropped as soon as it is preprocessed
+    chunks: list[Chunk]
+    timings_s: dict[str, float]
+
+
+class Predictor:
+    """A model, its labels and its preprocessing, ready to answer for scans."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        labels: Sequence[str],
+        preprocess: PreprocessConfig,
+        task: str = "diagnosis",
+        model_name: str = "",
+        device: str | torch.device = "cpu",
+        batch_size: int = 4,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        if getattr(model, "spatial_dims", 3) != 3:
+            raise CtcovidError(
+                f"model '{model_name}' takes 2D slices; predict and serve support volume (3D) models"
+            )
+        if batch_size < 1:
+            raise CtcovidError(f"batch_size={batch_size} is invalid; expected an integer >= 1")
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.labels = list(labels)
+        self.task = task
+        self.model_name = model_name
+        self.batch_size = int(batch_size)
+        self.pipeline: Pipeline = build_pipeline(preprocess)
+        self.meta = dict(meta or {})
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: str | Path | dict[str, Any],
+        *,
+        device: str | torch.device = "cpu",
+        batch_size: int = 4,
+    ) -> Predictor:
+        """Rebuild model, labels and preprocessing from a checkpoint file, run folder or dict."""
+        ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+        return cls(
+            rebuild_model(ckpt),
+            labels=ckpt["labels"],
+            preprocess=PreprocessConfig.from_dict(ckpt["preprocess"]),
+            task=str(ckpt.get("task", "diagnosis")),
+            model_name=ckpt["model"]["name"],
+            device=device,
+            batch_size=batch_size,
+            meta={
+                "kwargs": dict(ckpt["model"]["kwargs"]),
+                "epoch": ckpt.get("epoch"),
+                "metrics": ckpt.get("metrics", {}),
+                "checkpoint": ckpt.get("path"),
+            },
+        )
+
+    @property
+    def preprocess_config(self) -> PreprocessConfig:
+        return self.pipeline.config
+
+    def input_shape(self) -> tuple[int, int | None, int, int]:
+        """``(C, D, H, W)`` of one network input; D is None when it follows the scan ("keep" mode)."""
+        cfg = self.preprocess_config
+        depth = {"uniformize": cfg.depth, "stack": cfg.chunk_depth}.get(cfg.depth_mode)
+        return cfg.in_channels, depth, cfg.size_hw[0], cfg.size_hw[1]
+
+    def info(self) -> dict[str, Any]:
+        """What the model is: name, task, labels, input and preprocessing (for ``/v1/model``)."""
+        return {
+            "name": self.model_name,
+            "task": self.task,
+            "labels": self.labels,
+            "input_shape": list(self.input_shape()),
+            "preprocess": self.preprocess_config.to_dict(),
+            "device": str(self.device),
+            **{k: v for k, v in self.meta.items() if k != "checkpoint"},
+        }
+
+    # ------------------------------------------------------------------ single scan
+    def prepare(self, volume: Volume, scan_id: str = "scan") -> tuple[Preprocessed, list[Chunk]]:
+        """The preprocessed scan and the chunks the network sees."""
+        pre = self.pipeline.process(volume)
+        chunks = self.pipeline.chunks(pre.array, scan_id)
+        if not chunks:
+            raise CtcovidError(
+                f"scan '{scan_id}' gives no network input: {pre.array.shape[1]} slices after preprocessing, "
+                f"chunk_depth={self.preprocess_config.chunk_depth} with chunk_short='drop'"
+            )
+        return pre, chunks
+
+    def forward_probs(self, arrays: np.ndarray) -> np.ndarray:
+        """Softmax probabilities ``(N, K)`` of a stack of inputs ``(N, C, D, H, W)``, in batches."""
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(arrays), self.batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(arrays[i : i + self.batch_size])).to(self.device)
+                out.append(torch.softmax(self.model(x).float(), dim=1).cpu().numpy())
+        return np.concatenate(out).astype(np.float64)
+
+    def predict(self, volume: Volume, scan_id: str = "scan", *, path: str | None = None) -> Prediction:
+        """Predict one scan already in memory."""
+        t0 = time.perf_counter()
+        pre, chunks = self.prepare(volume, scan_id)
+        t1 = time.perf_counter()
+        probs = self.forward_probs(np.stack([c.array for c in chunks]))
+        timings = {"preprocess": t1 - t0, "inference": time.perf_counter() - t1}
+        return self._assemble(scan_id, [*volume.warnings, *pre.warnings], chunks, probs, timings, path)
+
+    def predict_path(
+        self,
+        path: str | Path,
+        scan_id: str | None = None,
+        *,
+        tmp_dir: str | Path | None = None,
+        zip_limits: ZipLimits | None = None,
+    ) -> Prediction:
+        """Read one scan (DICOM folder, NIfTI, slice folder, array, ``.zip`` of a series) and predict.
+
+        Raises:
+            ScanReadError: the scan cannot be read (a ``.zip`` is also refused when unsafe).
+        """
+        p = Path(path)
+        sid = scan_id or scan_id_of(p)
+        t0 = time.perf_counter()
+        with open_scan(p, tmp_dir=tmp_dir, zip_limits=zip_limits) as volume:
+            read_s = time.perf_counter() - t0
+            pred = self.predict(volume, sid, path=str(p))
+        pred.timings_s = {"read": read_s, **pred.timings_s}
+        return pred
+
+    def _assemble(
+        self,
+        scan_id: str,
+        warnings: list[str],
+        chunks: list[Chunk],
+        probs: np.ndarray,
+        timings: dict[str, float],
+        path: str | None,
+    ) -> Prediction:
+        mean = probs.mean(axis=0)
+        as_dict = lambda p: {lab: float(v) for lab, v in zip(self.labels, p, strict=True)}  # noqa: E731
+        chunk_preds = [ChunkPrediction(c.index, c.start, c.stop, as_dict(p)) for c, p in zip(chunks, probs)]
+        return Prediction(
+            scan_id=scan_id,
+            label=self.labels[int(np.argmax(mean))],
+            probs=as_dict(mean),
+            chunks=chunk_preds,
+            warnings=warnings,
+            task=self.task,
+            path=path,
+            timings_s={k: round(v, 4) for k, v in timings.items()},
+        )
+
+    # ------------------------------------------------------------------ many scans
+    def predict_paths(
+        self, paths: Sequence[str | Path], *, progress: Progress | None = None
+    ) -> list[Prediction]:
+        """Predict every scan at or below ``paths`` (see :func:`~ctcovid.predict.inputs.find_scans`).
+
+        Never raises for one bad scan: it comes back with ``error`` set. Chunks of consecutive
+        scans share batches; the next scan is read while the network runs.
+        """
+        jobs: list[tuple[str, Path | None, str | None]] = []  # (scan_id, path, error)
+        for p in paths:
+            try:
+                jobs.extend((sid, sp, None) for sid, sp in find_scans(p))
+            except CtcovidError as e:
+                jobs.append((scan_id_of(Path(p)), Path(p), describe_error(e)))
+        results: list[Prediction | None] = [None] * len(jobs)
+        run = _BatchRun(self, jobs, results, progress)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctcovid-read") as pool:
+            run.go(pool)
+        return [r for r in results if r is not None]
+
+    def _load(self, scan_id: str, path: Path) -> _Loaded:
+        t0 = time.perf_counter()
+        with open_scan(path) as volume:
+            t1 = time.perf_counter()
+            pre, chunks = self.prepare(volume, scan_id)
+        timings = {"read": t1 - t0, "preprocess": time.perf_counter() - t1}
+        return _Loaded([*volume.warnings, *pre.warnings], chunks, timings)
+
+
+class _BatchRun:
+    """The bookkeeping of :meth:`Predictor.predict_paths`: pending chunks, finished scans."""
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        jobs: list[tuple[str, Path | None, str | None]],
+        results: list[Prediction | None],
+        progress: Progress | None,
+    ) -> None:
+        self.p, self.jobs, self.results, self.progress = predictor, jobs, results, progress
+        self.loaded: dict[int, _Loaded] = {}
+        self.probs: dict[int, list[np.ndarray | None]] = {}
+        self.pending: list[tuple[int, int]] = []  # (job index, chunk index)
+        self.done = 0
+
+    def go(self, pool: ThreadPoolExecutor) -> None:
+        todo = [i for i, (_, path, err) in enumerate(self.jobs) if err is None and path is not None]
+        for i, (sid, path, err) in enumerate(self.jobs):
+            if err is not None:
+                self._finish(i, Prediction.failure(sid, err, task=self.p.task, path=path))
+        future: Future[_Loaded] | None = self._submit(pool, todo, 0)
+        for k, i in enumerate(todo):
+            assert future is not None
+            current, future = future, self._submit(pool, todo, k + 1)  # read ahead while we compute
+            sid, path, _ = self.jobs[i]
+            try:
+                loaded = current.result()
+            except Exception as e:  # one bad scan must not stop the others; it is reported instead
+                log.debug("scan %s failed", sid, exc_info=True)
+                self._finish(i, Prediction.failure(sid, e, task=self.p.task, path=path))
+                continue
+            self.loaded[i] = loaded
+            self.probs[i] = [None] * len(loaded.chunks)
+            self.pending.extend((i, c) for c in range(len(loaded.chunks)))
+            self._flush(force=False)
+        self._flush(force=True)
+
+    def _submit(self, pool: ThreadPoolExecutor, todo: list[int], k: int) -> Future[_Loaded] | None:
+        if k >= len(todo):
+            return None
+        sid, path, _ = self.jobs[todo[k]]
+        assert path is not None
+        return pool.submit(self.p._load, sid, path)
+
+    def _flush(self, *, force: bool) -> None:
+        bs = self.p.batch_size
+        while len(self.pending) >= bs or (force and self.pending):
+            batch, self.pending = self.pending[:bs], self.pending[bs:]
+            alive = [(i, c) for i, c in batch if i in self.loaded]
+            if not alive:
+                continue
+            t0 = time.perf_counter()
+            try:
+                arrays = np.stack([self.loaded[i].chunks[c].array for i, c in alive])
+                probs = self.p.forward_probs(arrays)
+            except Exception as e:  # e.g. out of memory: fail these scans, keep going
+                log.debug("batch failed", exc_info=True)
+                for i in sorted({i for i, _ in alive}):
+                    sid, path, _ = self.jobs[i]
+                    self.loaded.pop(i, None)
+                    self._finish(i, Prediction.failure(sid, e, task=self.p.task, path=path))
+                continue
+            share = (time.perf_counter() - t0) / len(alive)
+            for (i, c), pr in zip(alive, probs):
+                self.probs[i][c] = pr
+                t = self.loaded[i].timings_s
+                t["inference"] = t.get("inference", 0.0) + share
+            for i in sorted({i for i, _ in alive}):
+                if all(p is not None for p in self.probs[i]):
+                    self._complete(i)
+
+    def _complete(self, i: int) -> None:
+        loaded = self.loaded.pop(i)
+        sid, path, _ = self.jobs[i]
+        probs = np.stack([p for p in self.probs.pop(i) if p is not None])
+        pred = self.p._assemble(sid, loaded.warnings, loaded.chunks, probs, loaded.timings_s, str(path))
+        self._finish(i, pred)
+
+    def _finish(self, i: int, pred: Prediction) -> None:
+        self.results[i] = pred
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, len(self.jobs))

@@ -1,0 +1,162 @@
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ctcovid.cli import main
+from ctcovid.data.synthetic import SynthCase
+from ctcovid.errors import CtcovidError
+from ctcovid.io import load_volume, write_nifti
+from ctcovid.predict import Predictor, explain, to_input_grid
+from ctcovid.predict.explain import cam_maps
+from ctcovid.preprocess import CropBox, PreprocessConfig, build_pipeline
+from ctcovid.types import Volume
+
+
+def _phantom(shape=(30, 80, 60), spacing=(2.5, 0.7, 0.9)) -> tuple[Volume, np.ndarray]:
+    """A body (soft tissue) off-centre in air, holding a bone-dense cube: returns volume and cube mask."""
+    d, h, w = shape
+    z, y, x = np.mgrid[:d, :h, :w]
+    vox = np.full(shape, -1000.0, dtype=np.float32)
+    body = ((y - 45) / 28.0) ** 2 + ((x - 26) / 22.0) ** 2 < 1
+    vox[body] = 40.0
+    cube = (z >= 8) & (z < 17) & (y >= 50) & (y < 62) & (x >= 15) & (x < 26)
+    vox[cube] = 1000.0
+    vol = Volume(vox, spacing_mm=spacing, origin_mm=(-20.0, 35.0, 100.0))
+    return vol, cube
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * (a & b).sum() / (a.sum() + b.sum()))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"depth_mode": "uniformize", "depth": 12, "size_hw": (40, 40)},  # z resampled, box padded square
+        {"depth_mode": "stack", "size_hw": (24, 48), "crop_z": True},  # anisotropic resize, z cropped
+        {"depth_mode": "keep", "size_hw": (64, 64), "fit": "stretch"},
+    ],
+)
+def test_a_known_activation_maps_back_onto_its_place_in_the_input(config: dict) -> None:
+    # The pipeline itself puts the cube on its grid (window 400..800 HU: cube 1, all else 0);
+    # taking that array as the "activation" and mapping it back must land on the cube.
+    vol, cube = _phantom()
+    cfg = PreprocessConfig(windows_hu=((600.0, 400.0),), body_crop=True, **config)
+    pre = build_pipeline(cfg).process(vol)
+    assert pre.box != CropBox.full(vol.shape)  # the crop is really exercised
+    back = to_input_grid(pre.array[0], pre, vol)
+    assert back.shape == vol.shape
+    assert _dice(back > 0.5, cube) > 0.8
+    np.testing.assert_allclose(np.argwhere(back > 0.5).mean(0), np.argwhere(cube).mean(0), atol=0.75)
+
+
+def test_without_crop_or_resize_the_mapping_is_the_identity() -> None:
+    vol, _ = _phantom(shape=(10, 32, 32), spacing=(1.0, 1.0, 1.0))
+    cfg = PreprocessConfig(depth_mode="uniformize", depth=10, size_hw=(32, 32), body_crop=False)
+    pre = build_pipeline(cfg).process(vol)
+    heat = np.random.default_rng(0).random((10, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(to_input_grid(heat, pre, vol), heat, atol=1e-6)
+
+
+class _Toy(nn.Module):
+    """layer4 = a fixed 1x1x1 conv with two channels; logits = their spatial means."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer4 = nn.Conv3d(1, 2, 1, bias=False)
+        with torch.no_grad():
+            self.layer4.weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer4(x).mean(dim=(2, 3, 4))
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+def test_cam_is_the_class_evidence_of_a_model_with_a_known_answer(method: str) -> None:
+    x = torch.zeros(1, 1, 4, 6, 6)
+    x[0, 0, 1, 2, 3] = 5.0
+    cam = cam_maps(_Toy(), x, target=0, layer="layer4", method=method)
+    assert cam.shape == (1, 4, 6, 6)
+    assert tuple(np.argwhere(cam[0].numpy() == cam.max().item())[0]) == (1, 2, 3)
+    # Class 1 reads the negated channel: no positive evidence anywhere.
+    assert cam_maps(_Toy(), x, target=1, layer="layer4", method=method).max() == 0
+
+
+def test_explain_stitches_chunks_and_writes_a_heatmap_that_overlays_the_input(
+    make_ckpt, case: SynthCase, scan_files: dict[str, Path], tmp_path: Path
+) -> None:
+    predictor = Predictor.from_checkpoint(make_ckpt("stack", size_hw=(64, 64)))
+    volume = load_volume(scan_files["nifti"])
+    e = explain(predictor, volume, scan_id="p/s 1", method="gradcam++", target="CP")
+    assert e.target == "CP" and e.heat.shape == volume.shape and e.heat.dtype == np.float32
+    assert e.heat_preprocessed.shape[0] == volume.shape[0]  # stack mode: every slice, chunks stitched
+    assert e.heat.min() >= 0.0 and e.heat.max() <= 1.0 and e.heat.max() > 0
+    files = e.save(tmp_path)
+    assert sorted(f.name for f in files.values()) == [
+        "p__s_1_explain.json",
+        "p__s_1_heatmap.nii.gz",
+        "p__s_1_montage.png",
+    ]
+    heat_img, scan_img = nib.load(files["heatmap"]), nib.load(scan_files["nifti"])
+    np.testing.assert_allclose(heat_img.affine, scan_img.affine, atol=1e-4)
+    assert heat_img.shape == scan_img.shape and heat_img.get_data_dtype() == np.float32
+    assert files["montage"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(e.top_slices(6)) == 6
+
+
+def test_explain_refuses_an_unknown_class_or_layer(make_ckpt, case: SynthCase) -> None:
+    predictor = Predictor.from_checkpoint(make_ckpt())
+    with pytest.raises(CtcovidError, match="unknown target class 'COVID'"):
+        explain(predictor, case.volume, target="COVID")
+    with pytest.raises(CtcovidError, match="layer 'layer9' not found"):
+        explain(predictor, case.volume, layer="layer9")
+
+
+def test_explaining_does_not_disturb_a_concurrent_prediction(make_ckpt, case: SynthCase) -> None:
+    predictor = Predictor.from_checkpoint(make_ckpt())
+    ref = predictor.predict(case.volume).probs
+    results: list[dict[str, float]] = []
+
+    def predict_many() -> None:
+        for _ in range(6):
+            results.append(predictor.predict(case.volume).probs)
+
+    t = threading.Thread(target=predict_many)
+    t.start()
+    for _ in range(3):
+        explain(predictor, case.volume, layer="layer3")
+    t.join()
+    for r in results:
+        np.testing.assert_allclose(list(r.values()), list(ref.values()), atol=1e-6)
+
+
+def test_explain_cli_writes_heatmap_montage_and_json(
+    make_ckpt, case: SynthCase, tmp_path: Path, capsys
+) -> None:
+    scan = write_nifti(case.volume, tmp_path / "in" / "case.nii.gz")
+    code = main(
+        [
+            "explain",
+            str(scan),
+            "--checkpoint",
+            str(make_ckpt()),
+            "--out",
+            str(tmp_path / "out"),
+            "--method",
+            "gradcam",
+        ]
+    )
+    assert code == 0
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {
+        "case_heatmap.nii.gz",
+        "case_montage.png",
+        "case_explain.json",
+    }
+    assert "hottest slices" in capsys.readouterr().out

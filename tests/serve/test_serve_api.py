@@ -1,0 +1,157 @@
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ctcovid.predict import Predictor
+from ctcovid.serve import ServeSettings, create_app
+
+LIMITS = {"max_upload_bytes": 4 << 20, "max_zip_entries": 100, "max_zip_bytes": 8 << 20}
+
+
+def _client(app):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # starlette prefers httpx2 now
+        from fastapi.testclient import TestClient
+    return TestClient(app)
+
+
+@pytest.fixture()
+def tmp_dir(tmp_path: Path) -> Iterator[Path]:
+    d = tmp_path / "srv"
+    yield d
+    assert list(d.iterdir()) == [], "request files were left behind"
+
+
+@pytest.fixture()
+def client(ckpt: Path, tmp_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("CTCOVID_API_TOKEN", raising=False)
+    return _client(create_app(ckpt, ServeSettings(tmp_dir=str(tmp_dir), **LIMITS)))
+
+
+def _post(client, data: bytes, route: str = "/v1/predict", **kw):
+    return client.post(route, files={"file": ("upload.bin", data)}, **kw)
+
+
+def test_health_model_docs_and_page(client) -> None:
+    assert client.get("/v1/health").json()["status"] == "ok"
+    model = client.get("/v1/model").json()
+    assert model["name"] == "r3d_10" and model["labels"] == ["NCP", "CP", "Normal"]
+    assert model["preprocess"]["depth"] == 8 and model["input_shape"] == [1, 8, 32, 32]
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/predict", "/v1/explain", "/v1/health", "/v1/model"} <= set(paths)
+    assert "multipart/form-data" in paths["/v1/predict"]["post"]["requestBody"]["content"]
+    page = client.get("/").text
+    assert 'id="file"' in page and "v1/explain" in page and "http" not in page.split("<script>")[1]
+
+
+def test_nifti_and_zipped_dicom_uploads_give_the_predictor_s_answer(
+    client, ckpt: Path, uploads, tmp_path
+) -> None:
+    nii, zipped = _post(client, uploads["nifti"]), _post(client, uploads["zip"])
+    assert nii.status_code == 200 and zipped.status_code == 200, (nii.text, zipped.text)
+    scan = tmp_path / "scan.nii.gz"
+    scan.write_bytes(uploads["nifti"])
+    ref = Predictor.from_checkpoint(ckpt).predict_path(scan)
+    for r in (nii.json(), zipped.json()):
+        assert r["label"] == ref.label and "path" not in r  # no server path in the answer
+        np.testing.assert_allclose(list(r["probs"].values()), list(ref.probs.values()), atol=1e-5)
+
+
+def test_explain_returns_probabilities_and_a_montage(client, uploads) -> None:
+    r = _post(client, uploads["nifti"], "/v1/explain?method=gradcam%2B%2B")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["method"] == "gradcam++" and body["target"] == body["prediction"]["label"]
+    assert base64.b64decode(body["montage_png"])[:4] == b"\x89PNG"
+    png = _post(client, uploads["nifti"], "/v1/explain?format=png&target=Normal")
+    assert png.headers["content-type"] == "image/png" and png.headers["x-ctcovid-target"] == "Normal"
+    nifti = _post(client, uploads["nifti"], "/v1/explain?format=nifti")
+    assert nifti.status_code == 200 and nifti.content[:2] == b"\x1f\x8b"
+    bad = _post(client, uploads["nifti"], "/v1/explain?target=Flu")
+    assert bad.status_code == 422 and "unknown target class 'Flu'" in bad.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "message"),
+    [
+        ("garbage", 422, "upload a NIfTI scan"),
+        ("corrupt_nifti", 422, "NIfTI"),
+        ("zip_slip", 422, "unsafe zip entry '../../evil.dcm'"),
+        ("zip_absolute", 422, "unsafe zip entry '/etc/evil.dcm'"),
+        ("zip_symlink", 422, "is a symbolic link"),
+        ("zip_bomb", 422, "more than the limit of 8388608"),
+        ("zip_many", 422, "300 entries, more than the limit of 100"),
+    ],
+)
+def test_bad_uploads_are_refused_with_a_reason(client, uploads, name: str, status: int, message: str) -> None:
+    r = _post(client, uploads[name])
+    assert r.status_code == status and message in r.json()["detail"], r.text
+    assert "/srv" not in r.json()["detail"]  # no server path in the answer
+    assert client.get("/v1/health").status_code == 200
+
+
+def test_malformed_requests(client, encode) -> None:
+    assert (
+        client.post(
+            "/v1/predict", content=b"raw", headers={"content-type": "application/octet-stream"}
+        ).status_code
+        == 415
+    )
+    body, ctype = encode(b"data", field="other")
+    r = client.post("/v1/predict", content=body, headers={"content-type": ctype})
+    assert r.status_code == 422 and "no 'file' field" in r.json()["detail"]
+    body, ctype = encode(b"")
+    assert (
+        client.post("/v1/predict", content=body, headers={"content-type": ctype}).json()["detail"]
+        == "the uploaded file is empty"
+    )
+    r = client.post(
+        "/v1/predict",
+        content=b"--nope\r\ngarbage",
+        headers={"content-type": "multipart/form-data; boundary=x"},
+    )
+    assert r.status_code in (400, 422)
+
+
+def test_oversized_uploads_get_413_by_header_and_while_streaming(client, encode) -> None:
+    body, ctype = encode(bytes(5 << 20))
+    assert client.post("/v1/predict", content=body, headers={"content-type": ctype}).status_code == 413
+    sent = []
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: only the streaming check can stop it
+        for i in range(0, len(body), 1 << 16):
+            sent.append(i)
+            yield body[i : i + (1 << 16)]
+
+    r = client.post("/v1/predict", content=chunks(), headers={"content-type": ctype})
+    assert r.status_code == 413 and "exceeds the limit" in r.json()["detail"]
+
+
+def test_token_is_required_when_set(ckpt: Path, tmp_dir: Path, uploads, monkeypatch) -> None:
+    monkeypatch.setenv("CTCOVID_API_TOKEN", "s3cret")
+    client = _client(create_app(ckpt, ServeSettings(tmp_dir=str(tmp_dir))))
+    assert _post(client, uploads["nifti"]).status_code == 401
+    assert client.get("/v1/model", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/v1/model", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert _post(client, uploads["nifti"], headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert client.get("/v1/health").status_code == 200 and client.get("/").status_code == 200
+
+
+def test_serve_loads_neither_train_nor_fastapi_until_asked(ckpt: Path) -> None:
+    code = (
+        "import sys, ctcovid, ctcovid.serve, ctcovid.predict\n"
+        "assert 'fastapi' not in sys.modules, 'fastapi imported eagerly'\n"
+        f"from ctcovid.serve import create_app; create_app({str(ckpt)!r})\n"
+        "bad = sorted(m for m in sys.modules if m.startswith('ctcovid.train'))\n"
+        "assert not bad, bad\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
