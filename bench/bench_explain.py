@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import platform
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -90,11 +91,23 @@ def train(
     return model
 
 
-def measure(predictor: Predictor, cases: list[SynthCase], layer: str, dilate_mm: float) -> dict[str, float]:
+def measure(
+    predictor: Predictor, cases: list[SynthCase], layer: str, dilate_mm: float, method: str = "gradcam", save: str = ""
+) -> dict[str, float]:
     rows = []
     correct = 0
     for c in cases:
-        e = explain(predictor, c.volume, method="gradcam", layer=layer, target=LABELS[0])
+        e = explain(predictor, c.volume, method=method, layer=layer, target=LABELS[0])
+        if save and not rows and c.label == LABELS[0]:  # the first positive case, heat and truth side by side
+            from ctcovid.predict.explain import montage_png
+
+            ks = e.top_slices(6)
+            Path(save).mkdir(parents=True, exist_ok=True)
+            stem = f"{Path(save)}/{LABELS[0]}_{layer}_{method}"
+            Path(f"{stem}_heat.png").write_bytes(e.montage_png(6))
+            truth = np.zeros_like(e.heat)
+            truth[ks] = c.lesion_mask[ks]
+            Path(f"{stem}_lesions.png").write_bytes(montage_png(c.volume, truth, n_slices=6, title="true lesions"))
         correct += e.prediction.label == c.label
         if c.label != LABELS[0]:
             continue
@@ -127,6 +140,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--positive", choices=["NCP", "CP"], default="NCP", help="lesion class against Normal")
     ap.add_argument("--quick", action="store_true", help="tiny smoke run")
+    ap.add_argument("--method", choices=["gradcam", "gradcam++"], default="gradcam")
+    ap.add_argument("--save", default="", help="folder for montages of the first positive test scan")
     args = ap.parse_args()
     if args.quick:
         args.train, args.test, args.epochs = 8, 4, 1
@@ -164,7 +179,8 @@ def main() -> None:
         )
         predictor = Predictor.from_checkpoint(ckpt)
         for layer in ("layer4", "layer3"):
-            m = measure(predictor, test_cases, layer, args.dilate_mm)
+            save = args.save if name == "trained" else ""
+            m = measure(predictor, test_cases, layer, args.dilate_mm, args.method, save)
             print(
                 f"{name:<10}{layer:<8}{m['accuracy']:>6.2f}{m['body_heat_in']:>14.3f}{m['body_area']:>11.3f}"
                 f"{m['body_enrichment']:>8.2f}{m['lungs_heat_in']:>14.3f}{m['lungs_area']:>11.3f}{m['lungs_enrichment']:>8.2f}"

@@ -53,8 +53,21 @@ def uploads(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     link.external_attr = (stat.S_IFLNK | 0o777) << 16
     out["zip_symlink"] = _zip([(link, b"/etc/passwd")])
     out["corrupt_nifti"] = out["nifti"][:300]
+    out["nifti_bomb"] = _nifti_bomb()
     out["garbage"] = b"this is not a scan" * 10
     return out
+
+
+def _nifti_bomb() -> bytes:
+    """A valid gzipped NIfTI-1 header promising 4096^3 int16 voxels (128 GiB), with no data."""
+    import gzip
+
+    import nibabel as nib
+
+    hdr = nib.Nifti1Header()
+    hdr.set_data_dtype(np.int16)
+    hdr.set_data_shape((4096, 4096, 4096))
+    return gzip.compress(hdr.binaryblock + b"\0" * 4 + bytes(1024))
 
 
 def _zip(entries: list[tuple[str | zipfile.ZipInfo, bytes]]) -> bytes:

@@ -13,12 +13,12 @@ import pytest
 from ctcovid.predict import Predictor
 from ctcovid.serve import ServeSettings, create_app
 
-LIMITS = {"max_upload_bytes": 4 << 20, "max_zip_entries": 100, "max_zip_bytes": 8 << 20}
+LIMITS = {"max_upload_bytes": 4 << 20, "max_zip_entries": 100, "max_unpacked_bytes": 8 << 20}
 
 
 def _client(app):
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # starlette prefers httpx2 now
+        warnings.simplefilter("ignore")  # starlette warns that it prefers httpx2 over httpx now
         from fastapi.testclient import TestClient
     return TestClient(app)
 
@@ -89,6 +89,7 @@ def test_explain_returns_probabilities_and_a_montage(client, uploads) -> None:
         ("zip_symlink", 422, "is a symbolic link"),
         ("zip_bomb", 422, "more than the limit of 8388608"),
         ("zip_many", 422, "300 entries, more than the limit of 100"),
+        ("nifti_bomb", 422, "promises 137438953472 bytes of voxels, more than the limit of 8388608"),
     ],
 )
 def test_bad_uploads_are_refused_with_a_reason(client, uploads, name: str, status: int, message: str) -> None:

@@ -25,7 +25,9 @@ import pytest
 from ctcovid.serve import ServeSettings, create_app
 
 BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
-pytestmark = pytest.mark.skipif(BROWSER is None, reason="Chromium is not installed (apt-get install chromium)")
+pytestmark = pytest.mark.skipif(
+    BROWSER is None, reason="Chromium is not installed (apt-get install chromium)"
+)
 
 
 class Chromium:
@@ -45,7 +47,7 @@ class Chromium:
             "--no-first-run", "--no-default-browser-check", "--remote-debugging-pipe",
             f"--user-data-dir={self.profile}", "--window-size=1100,1400", "about:blank",
         ]  # fmt: skip
-        script = 'exec "$0" "$@" 3<&%d 4>&%d %d<&- %d>&-' % (hi_r, hi_w, hi_r, hi_w)
+        script = f'exec "$0" "$@" 3<&{hi_r} 4>&{hi_w} {hi_r}<&- {hi_w}>&-'
         self.proc = subprocess.Popen(
             ["bash", "-c", script, binary, *flags],
             pass_fds=(hi_r, hi_w),
@@ -96,7 +98,9 @@ class Chromium:
         self.wait_for("document.readyState === 'complete' && !!document.getElementById('file')")
 
     def js(self, expression: str) -> Any:
-        res = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True})
+        res = self.send(
+            "Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True}
+        )
         return res.get("result", {}).get("value")
 
     def wait_for(self, expression: str, timeout: float = 60) -> None:

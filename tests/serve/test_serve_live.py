@@ -61,7 +61,7 @@ def test_twenty_concurrent_requests_and_hostile_uploads(
 ) -> None:
     tmp_dir = tmp_path / "srv"
     settings = ServeSettings(tmp_dir=str(tmp_dir), max_concurrent=2, max_queue=32, max_upload_bytes=4 << 20,
-                             max_zip_bytes=8 << 20, max_zip_entries=100)  # fmt: skip
+                             max_unpacked_bytes=8 << 20, max_zip_entries=100)  # fmt: skip
     server = live_server(create_app(ckpt, settings))
     bodies = [encode(uploads["nifti" if i % 2 else "zip"]) for i in range(20)]
     with ThreadPoolExecutor(max_workers=20) as pool:
@@ -74,6 +74,7 @@ def test_twenty_concurrent_requests_and_hostile_uploads(
     hostile = {
         "zip_slip": encode(uploads["zip_slip"]),
         "zip_bomb": encode(uploads["zip_bomb"]),
+        "nifti_bomb": encode(uploads["nifti_bomb"]),
         "zip_symlink": encode(uploads["zip_symlink"]),
         "garbage": encode(uploads["garbage"]),
         "malformed": (b"--b\r\nnot a part", "multipart/form-data; boundary=b"),

@@ -184,9 +184,8 @@ def explain(
     if layer is None:
         layer = model_info(predictor.model_name).gradcam_layer if predictor.model_name else "layer4"
     pre, chunks = predictor.prepare(volume, scan_id)
-    stack = np.stack([c.array for c in chunks])
-    probs = predictor.forward_probs(stack)
-    prediction = predictor._assemble(scan_id, [*volume.warnings, *pre.warnings], chunks, probs, {}, None)
+    probs = predictor.forward_probs([c.array for c in chunks])
+    prediction = predictor.assemble(scan_id, [*volume.warnings, *pre.warnings], chunks, probs, {}, None)
     if target is None:
         target = prediction.label
     if target not in predictor.labels:
@@ -199,7 +198,7 @@ def explain(
     count = np.zeros(d_pre, dtype=np.float32)
     for i in range(0, len(chunks), predictor.batch_size):
         part = chunks[i : i + predictor.batch_size]
-        x = torch.from_numpy(np.ascontiguousarray(stack[i : i + len(part)])).to(predictor.device)
+        x = torch.from_numpy(np.stack([c.array for c in part])).to(predictor.device)
         cams = cam_maps(predictor.model, x, t, layer, method)  # (B, d, h', w')
         up = F.interpolate(cams[:, None], size=tuple(x.shape[2:]), mode="trilinear", align_corners=False)
         up_np = up[:, 0].cpu().numpy()
@@ -263,7 +262,7 @@ def top_slices(heat: np.ndarray, n: int = 6) -> list[int]:
     n = max(1, min(n, d))
     per_slice = heat.reshape(d, -1).sum(axis=1)
     if not np.any(per_slice > 0):
-        return sorted({int(round(x)) for x in np.linspace(0, d - 1, n)})
+        return sorted({int(k) for k in np.linspace(0, d - 1, n).round()})
     return sorted(int(k) for k in np.argsort(-per_slice, kind="stable")[:n])
 
 

@@ -126,7 +126,7 @@ def _onnx_bytes(model: torch.nn.Module, example: torch.Tensor, meta: dict[str, A
         torch.onnx.export(
             model,
             (example,),
-            buf,
+            buf,  # type: ignore[arg-type]  # the TorchScript-based exporter takes file objects too
             dynamo=False,
             input_names=["input"],
             output_names=["logits"],

@@ -104,7 +104,10 @@ def describe_error(error: BaseException | str) -> str:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise CtcovidError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CtcovidError(f"device '{device}' requested but CUDA is not available here; use --device cpu")
     return dev
@@ -209,12 +212,15 @@ class Predictor:
             )
         return pre, chunks
 
-    def forward_probs(self, arrays: np.ndarray) -> np.ndarray:
-        """Softmax probabilities ``(N, K)`` of a stack of inputs ``(N, C, D, H, W)``, in batches."""
+    def forward_probs(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
+        """Softmax probabilities ``(N, K)`` of N inputs ``(C, D, H, W)``, run ``batch_size`` at a time.
+
+        Batches are stacked one at a time, so a scan of many chunks is never copied whole.
+        """
         out = []
         with torch.inference_mode():
             for i in range(0, len(arrays), self.batch_size):
-                x = torch.from_numpy(np.ascontiguousarray(arrays[i : i + self.batch_size])).to(self.device)
+                x = torch.from_numpy(np.stack(list(arrays[i : i + self.batch_size]))).to(self.device)
                 out.append(torch.softmax(self.model(x).float(), dim=1).cpu().numpy())
         return np.concatenate(out).astype(np.float64)
 
@@ -223,9 +229,9 @@ class Predictor:
         t0 = time.perf_counter()
         pre, chunks = self.prepare(volume, scan_id)
         t1 = time.perf_counter()
-        probs = self.forward_probs(np.stack([c.array for c in chunks]))
+        probs = self.forward_probs([c.array for c in chunks])
         timings = {"preprocess": t1 - t0, "inference": time.perf_counter() - t1}
-        return self._assemble(scan_id, [*volume.warnings, *pre.warnings], chunks, probs, timings, path)
+        return self.assemble(scan_id, [*volume.warnings, *pre.warnings], chunks, probs, timings, path)
 
     def predict_path(
         self,
@@ -249,7 +255,7 @@ class Predictor:
         pred.timings_s = {"read": read_s, **pred.timings_s}
         return pred
 
-    def _assemble(
+    def assemble(
         self,
         scan_id: str,
         warnings: list[str],
@@ -356,8 +362,7 @@ class _BatchRun:
                 continue
             t0 = time.perf_counter()
             try:
-                arrays = np.stack([self.loaded[i].chunks[c].array for i, c in alive])
-                probs = self.p.forward_probs(arrays)
+                probs = self.p.forward_probs([self.loaded[i].chunks[c].array for i, c in alive])
             except Exception as e:  # e.g. out of memory: fail these scans, keep going
                 log.debug("batch failed", exc_info=True)
                 for i in sorted({i for i, _ in alive}):
@@ -378,7 +383,7 @@ class _BatchRun:
         loaded = self.loaded.pop(i)
         sid, path, _ = self.jobs[i]
         probs = np.stack([p for p in self.probs.pop(i) if p is not None])
-        pred = self.p._assemble(sid, loaded.warnings, loaded.chunks, probs, loaded.timings_s, str(path))
+        pred = self.p.assemble(sid, loaded.warnings, loaded.chunks, probs, loaded.timings_s, str(path))
         self._finish(i, pred)
 
     def _finish(self, i: int, pred: Prediction) -> None:

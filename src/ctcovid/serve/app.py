@@ -11,7 +11,8 @@ Hardening, in the order a request meets it:
 2. admission: at most ``max_concurrent + max_queue`` requests in flight, 503 beyond;
 3. the upload is streamed into a private, server-named folder (``settings.tmp_dir``) with a size
    limit (413 while streaming, see :mod:`.upload`); no client path or name touches the disk;
-4. zips are unpacked with entry-count and size limits, refusing unsafe names and links (422);
+4. zips are unpacked with entry-count and size limits, refusing unsafe names and links, and a
+   NIfTI's header may not promise more voxel data than the same size limit (422);
 5. inference runs in the thread pool behind an ``asyncio.Semaphore(max_concurrent)``;
 6. an unreadable scan is a 422 with the reader's reason; the request folder is always removed.
 
@@ -47,7 +48,7 @@ from ctcovid.predict.explain import CAM_METHODS, explain
 from ctcovid.predict.inputs import ZipLimits, open_scan
 from ctcovid.predict.predictor import Predictor
 from ctcovid.serve.page import PAGE
-from ctcovid.serve.upload import FIELD, UploadError, receive_upload
+from ctcovid.serve.upload import FIELD, UploadError, check_unpacked_size, receive_upload
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -61,7 +62,7 @@ class ServeSettings:
 
     max_upload_bytes: int = 1024 * _MIB
     max_zip_entries: int = 5000
-    max_zip_bytes: int = 2048 * _MIB
+    max_unpacked_bytes: int = 4096 * _MIB  # a zip's content, or a NIfTI's voxel data
     max_concurrent: int = 1  # inferences at once (each already uses every core)
     max_queue: int = 8  # requests waiting beyond those; more get 503
     tmp_dir: str | None = None  # where request folders go (default: the system temp folder)
@@ -71,7 +72,13 @@ class ServeSettings:
     montage_slices: int = 6
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_bytes", "max_zip_entries", "max_zip_bytes", "max_concurrent", "batch_size"):
+        for name in (
+            "max_upload_bytes",
+            "max_zip_entries",
+            "max_unpacked_bytes",
+            "max_concurrent",
+            "batch_size",
+        ):
             if int(getattr(self, name)) < 1:
                 raise CtcovidError(f"serve setting {name}={getattr(self, name)!r} must be >= 1")
         if self.max_queue < 0:
@@ -156,7 +163,7 @@ def create_app(checkpoint: str | Path | Predictor, settings: ServeSettings | Non
     )
     token = settings.token()
     gate = _Gate(settings.max_concurrent, settings.max_queue)
-    limits = ZipLimits(max_entries=settings.max_zip_entries, max_total_bytes=settings.max_zip_bytes)
+    limits = ZipLimits(max_entries=settings.max_zip_entries, max_total_bytes=settings.max_unpacked_bytes)
     if settings.tmp_dir is not None:
         Path(settings.tmp_dir).mkdir(parents=True, exist_ok=True)
 
@@ -179,6 +186,7 @@ def create_app(checkpoint: str | Path | Predictor, settings: ServeSettings | Non
             work = Path(tempfile.mkdtemp(prefix="ctcovid-req-", dir=settings.tmp_dir))
             try:
                 scan = await receive_upload(request, work, settings.max_upload_bytes)
+                check_unpacked_size(scan, settings.max_unpacked_bytes)
                 return await gate.run(lambda: job(scan, work))
             except UploadError as e:
                 raise HTTPException(e.status, e.message) from e

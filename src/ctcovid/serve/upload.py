@@ -10,7 +10,10 @@ from the content (zip, gzip = NIfTI, raw NIfTI header).
 
 from __future__ import annotations
 
+import gzip
 import os
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -143,3 +146,42 @@ async def receive_upload(request: Request, folder: Path, max_bytes: int) -> Path
     stored = folder / f"scan.{kind}"
     os.replace(target, stored)
     return stored
+
+
+def check_unpacked_size(path: Path, max_bytes: int) -> None:
+    """Refuse a NIfTI whose header promises more voxel data than ``max_bytes`` (a gzip bomb).
+
+    Only the header is read (348 or 540 bytes, decompressed), so a 1 GiB upload of zeros cannot
+    make the reader allocate a terabyte. Zips are bounded while they are unpacked instead.
+
+    Raises:
+        UploadError: 422 when the promised data is too large or the header is unreadable.
+    """
+    if not path.name.startswith("scan.nii"):
+        return
+    try:
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rb") as f:
+            head = f.read(540)
+    except (OSError, EOFError, zlib.error) as e:
+        raise UploadError(422, f"the NIfTI file cannot be decompressed ({e})") from e
+    for order in ("<", ">"):
+        if len(head) >= 348 and struct.unpack(order + "i", head[:4])[0] == 348:
+            dims = struct.unpack(order + "8h", head[40:56])
+            bitpix = struct.unpack(order + "h", head[72:74])[0]
+            break
+        if len(head) >= 540 and struct.unpack(order + "i", head[:4])[0] == 540:
+            dims = struct.unpack(order + "8q", head[16:80])
+            bitpix = struct.unpack(order + "h", head[14:16])[0]
+            break
+    else:
+        raise UploadError(422, "not a NIfTI file (no NIfTI-1 or NIfTI-2 header)")
+    n_dims = min(max(int(dims[0]), 0), 7)
+    voxels = 1
+    for d in dims[1 : 1 + n_dims]:
+        voxels *= max(int(d), 1)
+    promised = voxels * max(int(bitpix), 8) // 8
+    if promised > max_bytes:
+        raise UploadError(
+            422, f"the NIfTI header promises {promised} bytes of voxels, more than the limit of {max_bytes}"
+        )
