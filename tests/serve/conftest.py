@@ -21,8 +21,6 @@ from ctcovid.io import write_dicom_series, write_nifti
 from ctcovid.models import create_model
 from ctcovid.preprocess import PreprocessConfig
 
-pytest.importorskip("fastapi", reason="the API needs the serve extra (pip install 'ctcovid[serve]')")
-
 
 @pytest.fixture(scope="session")
 def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 
 from ctcovid.predict import Predictor
+
+pytest.importorskip("fastapi", reason="the API needs the serve extra: pip install 'ctcovid[serve]'")
+
 from ctcovid.serve import ServeSettings, create_app
 
 LIMITS = {"max_upload_bytes": 4 << 20, "max_zip_entries": 100, "max_unpacked_bytes": 8 << 20}

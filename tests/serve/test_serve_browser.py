@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+pytest.importorskip("fastapi", reason="the API needs the serve extra: pip install 'ctcovid[serve]'")
+
 from ctcovid.serve import ServeSettings, create_app
 
 BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)

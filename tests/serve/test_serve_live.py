@@ -13,6 +13,9 @@ from typing import Any
 import pytest
 
 from ctcovid.predict import Predictor
+
+pytest.importorskip("fastapi", reason="the API needs the serve extra: pip install 'ctcovid[serve]'")
+
 from ctcovid.serve import ServeSettings, create_app
 
 

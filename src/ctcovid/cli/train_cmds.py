@@ -52,18 +52,18 @@ DEMO_CONFIG: dict[str, Any] = {
     # Kept equal to configs/demo_synthetic.toml (a test checks it). Small inputs: minutes on 2 cores.
     "data": {"task": "diagnosis", "val": 0.2, "test": 0.2},
     "preprocess": {
-        "depth_mode": "stack",
-        "chunk_depth": 8,
+        "depth_mode": "uniformize",
+        "depth": 24,
         "in_channels": 1,
         "size_hw": [64, 64],
         "body_crop": True,
     },
-    "model": {"name": "r3d_18"},
+    "model": {"name": "r3d_10"},
     "train": {
-        "epochs": 8,
-        "batch_size": 12,
+        "epochs": 10,
+        "batch_size": 6,
         "lr": 1e-3,
-        "step_size": 6,
+        "step_size": 7,
         "gamma": 0.1,
         "sampler": "class_uniform",
         "best_metric": "val_accuracy",
@@ -73,7 +73,9 @@ DEMO_CONFIG: dict[str, Any] = {
 
 def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo_out", help="working folder (default ./demo_out)")
-    p.add_argument("--n", type=int, default=60, help="synthetic scans to generate (default 60)")
+    p.add_argument(
+        "--n", type=int, default=120, help="synthetic scans (= patients) to generate (default 120)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=["dicom", "png"], default="dicom", help="how the cohort is written")
     p.add_argument(

@@ -272,14 +272,16 @@ def _display(volume: Volume) -> np.ndarray:
     return display_to_unit(volume.voxels)
 
 
-def montage_png(volume: Volume, heat: np.ndarray, *, n_slices: int = 6, title: str = "") -> bytes:
-    """PNG of the most activated axial slices: CT in the lung window, heatmap over it (jet)."""
+def montage_png(
+    volume: Volume, heat: np.ndarray, *, n_slices: int = 6, title: str = "", slices: list[int] | None = None
+) -> bytes:
+    """PNG of the most activated axial slices (or ``slices``): CT in the lung window, heat over it (jet)."""
     # Lazy (import ctcovid stays light); the object API, not pyplot: no global state, thread-safe.
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    ks = top_slices(heat, n_slices)
+    ks = sorted(slices) if slices else top_slices(heat, n_slices)
     cols = min(3, len(ks))
     rows = (len(ks) + cols - 1) // cols
     gray = _display(volume)
