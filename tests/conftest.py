@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def shared_data_dir() -> Path:
-    return Path(os.environ.get("CTCOVID_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+from repo_paths import shared_data_dir
 
 
 @pytest.fixture(scope="session")

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
 from ctcovid.cli import build_parser, main
 from ctcovid.cli.train_cmds import DEMO_CONFIG
 from ctcovid.config import load_toml
+from repo_paths import REPO_ROOT
 
 
 def test_every_command_has_help() -> None:

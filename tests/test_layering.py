@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO_ROOT
+from repo_paths import REPO_ROOT
 
 PKG = REPO_ROOT / "src" / "ctcovid"
 LAYER = {

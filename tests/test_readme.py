@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import REPO_ROOT
+from repo_paths import REPO_ROOT
 
 
 def _setup_commands() -> list[str]:
