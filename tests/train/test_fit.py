@@ -185,3 +185,24 @@ def test_ctrl_c_saves_and_exits_cleanly(tiny_run: tuple[Path, Path], tmp_path: P
     assert "interrupted" in err and "Traceback" not in err
     ck = load_checkpoint(out / "checkpoint_interrupted.pt")
     assert ck["metrics"] == {"interrupted": True}
+
+
+def test_bf16_autocast_trains_on_cpu_and_saves_finite_weights(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+    cfg_path, _ = tiny_run
+    cfg = load_run_config(cfg_path, ["train.precision=bf16", "train.epochs=1", "train.deterministic=false"])
+    fit(cfg, tmp_path / "bf16")
+    state = load_checkpoint(tmp_path / "bf16" / "checkpoint_last.pt")["model"]["state_dict"]
+    assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
+
+
+def test_channels_last_is_refused_for_the_known_bf16_crash_case(tiny_run: tuple[Path, Path]) -> None:
+    from ctcovid.train.run import _channels_last
+
+    cfg_path, _ = tiny_run
+    crash = load_run_config(cfg_path, ["train.channels_last=true", "preprocess.in_channels=3",
+                                       "preprocess.depth_mode=stack", "preprocess.chunk_depth=4"])
+    cpu = torch.device("cpu")
+    assert _channels_last(crash, cpu, torch.bfloat16) is False
+    assert _channels_last(crash, cpu, None) is True  # fp32 is fine
+    safe = load_run_config(cfg_path, ["train.channels_last=true"])
+    assert _channels_last(safe, cpu, torch.bfloat16) is True
