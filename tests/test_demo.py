@@ -13,8 +13,21 @@ from ctcovid.cli import main
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"
-    code = main(["demo", "--out", str(out), "--n", "15", "--set", "train.epochs=1",
-                 "--set", "preprocess.size_hw=[32, 32]", "--set", "preprocess.depth=8"])
+    code = main(
+        [
+            "demo",
+            "--out",
+            str(out),
+            "--n",
+            "15",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "preprocess.size_hw=[32, 32]",
+            "--set",
+            "preprocess.depth=8",
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 0, text
     assert "found 15 scans: imported 15, skipped 0" in text

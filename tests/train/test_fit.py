@@ -187,7 +187,9 @@ def test_ctrl_c_saves_and_exits_cleanly(tiny_run: tuple[Path, Path], tmp_path: P
     assert ck["metrics"] == {"interrupted": True}
 
 
-def test_bf16_autocast_trains_on_cpu_and_saves_finite_weights(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+def test_bf16_autocast_trains_on_cpu_and_saves_finite_weights(
+    tiny_run: tuple[Path, Path], tmp_path: Path
+) -> None:
     cfg_path, _ = tiny_run
     cfg = load_run_config(cfg_path, ["train.precision=bf16", "train.epochs=1", "train.deterministic=false"])
     fit(cfg, tmp_path / "bf16")
@@ -199,8 +201,15 @@ def test_channels_last_is_refused_for_the_known_bf16_crash_case(tiny_run: tuple[
     from ctcovid.train.run import _channels_last
 
     cfg_path, _ = tiny_run
-    crash = load_run_config(cfg_path, ["train.channels_last=true", "preprocess.in_channels=3",
-                                       "preprocess.depth_mode=stack", "preprocess.chunk_depth=4"])
+    crash = load_run_config(
+        cfg_path,
+        [
+            "train.channels_last=true",
+            "preprocess.in_channels=3",
+            "preprocess.depth_mode=stack",
+            "preprocess.chunk_depth=4",
+        ],
+    )
     cpu = torch.device("cpu")
     assert _channels_last(crash, cpu, torch.bfloat16) is False
     assert _channels_last(crash, cpu, None) is True  # fp32 is fine
