@@ -60,10 +60,10 @@ DEMO_CONFIG: dict[str, Any] = {
     },
     "model": {"name": "r3d_10"},
     "train": {
-        "epochs": 10,
+        "epochs": 20,
         "batch_size": 6,
         "lr": 1e-3,
-        "step_size": 7,
+        "step_size": 14,
         "gamma": 0.1,
         "sampler": "class_uniform",
         "best_metric": "val_accuracy",

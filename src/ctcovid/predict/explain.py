@@ -23,7 +23,7 @@ import io
 import json
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,16 +32,22 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from torch import nn
 
 from ctcovid.errors import CtcovidError
 from ctcovid.predict.predictor import Prediction, Predictor
 from ctcovid.preprocess.intensity import LUNG_WINDOW_HU, apply_window, display_to_unit
-from ctcovid.preprocess.pipeline import Preprocessed
+from ctcovid.preprocess.body import find_body
+from ctcovid.preprocess.pipeline import PreprocessConfig, Preprocessed
 from ctcovid.types import Units, Volume
 
 CamMethod = Literal["gradcam", "gradcam++"]
 CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcam++")
+SALIENCY_METHODS: tuple[str, ...] = ("smoothgrad", "gradxinput", "ig")
+METHODS: tuple[str, ...] = CAM_METHODS + SALIENCY_METHODS
+RESTRICTIONS: tuple[str, ...] = ("body", "none")
+AUTO_MIN_GRID: tuple[int, ...] = (4, 8, 8)
 _EPS = 1e-7
 
 
@@ -108,30 +114,38 @@ def safe_stem(scan_id: str) -> str:
 
 # --------------------------------------------------------------------------- CAM
 @contextmanager
-def _capture(layer: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
-    """Capture ``layer``'s output as a fresh leaf with gradient, for this thread only.
+def _capture(layers: Sequence[nn.Module]) -> Iterator[dict[int, torch.Tensor]]:
+    """Capture the outputs of ``layers`` with gradient, for this thread only.
 
-    The forward runs under ``no_grad`` up to the layer; the hook detaches the layer's output,
-    makes it require grad and turns gradients on for the rest of the forward, so autograd keeps
-    only the (small) graph from the layer to the logits. Other threads (a server predicting
-    concurrently with the same model) pass through untouched.
+    The forward runs under ``no_grad`` up to the first hooked layer to run; its hook detaches the
+    output, makes it require grad and turns gradients on for the rest of the forward, so autograd
+    keeps only the (small) graph from that layer to the logits. Later hooked layers are recorded
+    as they are (inside that graph). Other threads (a server predicting concurrently with the
+    same model) pass through untouched.
     """
     owner = threading.get_ident()
-    store: dict[str, torch.Tensor] = {}
+    store: dict[int, torch.Tensor] = {}
 
-    def hook(_m: nn.Module, _inp: Any, out: torch.Tensor) -> torch.Tensor | None:
-        if threading.get_ident() != owner:
-            return None
-        act = out.detach().requires_grad_(True)
-        store["act"] = act
-        torch.set_grad_enabled(True)  # restored by the caller's no_grad() on exit
-        return act
+    def make_hook(i: int) -> Any:
+        def hook(_m: nn.Module, _inp: Any, out: torch.Tensor) -> torch.Tensor | None:
+            if threading.get_ident() != owner:
+                return None
+            if torch.is_grad_enabled():
+                store[i] = out
+                return None
+            act = out.detach().requires_grad_(True)
+            store[i] = act
+            torch.set_grad_enabled(True)  # restored by the caller's no_grad() on exit
+            return act
 
-    handle = layer.register_forward_hook(hook)
+        return hook
+
+    handles = [m.register_forward_hook(make_hook(i)) for i, m in enumerate(layers)]
     try:
         yield store
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
 
 
 def find_layer(model: nn.Module, name: str) -> nn.Module:
@@ -144,19 +158,7 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
         ) from e
 
 
-def cam_maps(
-    model: nn.Module, x: torch.Tensor, target: int, layer: str, method: str = "gradcam"
-) -> torch.Tensor:
-    """Class activation maps ``(B, d, h, w)`` (not normalised) of a batch ``x`` for class ``target``."""
-    if method not in CAM_METHODS:
-        raise CtcovidError(f"unknown explanation method {method!r}; valid: {', '.join(CAM_METHODS)}")
-    module = find_layer(model, layer)
-    with _capture(module) as store, torch.no_grad():
-        logits = model(x)
-        act = store.get("act")
-        if act is None:
-            raise CtcovidError(f"layer '{layer}' was not used by the forward pass; pick another layer")
-        (grads,) = torch.autograd.grad(logits[:, target].sum(), act)
+def _cam_from(act: torch.Tensor, grads: torch.Tensor, method: str) -> torch.Tensor:
     act, grads = act.detach().float(), grads.float()
     dims = tuple(range(2, act.ndim))
     if method == "gradcam":
@@ -169,6 +171,72 @@ def cam_maps(
     return F.relu((weights * act).sum(dim=1))
 
 
+def layer_cams(
+    model: nn.Module, x: torch.Tensor, target: int, layers: Sequence[str], method: str = "gradcam"
+) -> list[torch.Tensor]:
+    """One class activation map ``(B, d, h, w)`` (not normalised) per layer, from one forward."""
+    if method not in CAM_METHODS:
+        raise CtcovidError(f"unknown CAM method {method!r}; valid: {', '.join(CAM_METHODS)}")
+    modules = [find_layer(model, name) for name in layers]
+    with _capture(modules) as store, torch.no_grad():
+        logits = model(x)
+        missing = [name for i, name in enumerate(layers) if i not in store]
+        if missing:
+            raise CtcovidError(f"layer '{missing[0]}' was not used by the forward pass; pick another layer")
+        acts = [store[i] for i in range(len(layers))]
+        grads = torch.autograd.grad(logits[:, target].sum(), acts, allow_unused=True)
+    return [
+        _cam_from(a, g if g is not None else torch.zeros_like(a), method) for a, g in zip(acts, grads)
+    ]
+
+
+def cam_maps(
+    model: nn.Module, x: torch.Tensor, target: int, layer: str, method: str = "gradcam"
+) -> torch.Tensor:
+    """Class activation maps ``(B, d, h, w)`` (not normalised) of a batch ``x`` for class ``target``."""
+    return layer_cams(model, x, target, [layer], method)[0]
+
+
+def saliency_maps(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: int,
+    method: str = "smoothgrad",
+    *,
+    samples: int = 8,
+    noise: float = 0.1,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Input-resolution attributions ``(B, D, H, W)`` (not normalised) for class ``target``.
+
+    ``smoothgrad``: mean |d y / d x| over ``samples`` noisy copies (std ``noise``); ``gradxinput``:
+    relu(x * d y / d x) (SmoothGrad-averaged the same way); ``ig``: integrated gradients from a
+    zero input in ``samples`` steps, relu'd. Channels are summed.
+    """
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    total = torch.zeros((x.shape[0], *x.shape[2:]), dtype=torch.float32, device=x.device)
+    x = x.detach()
+    with torch.enable_grad():
+        for k in range(samples):
+            if method == "ig":
+                xi = x * ((k + 0.5) / samples)
+            else:
+                xi = x + noise * torch.randn(x.shape, generator=gen).to(x.device, x.dtype)
+            xi.requires_grad_(True)
+            logits = model(xi)
+            (g,) = torch.autograd.grad(logits[:, target].sum(), xi)
+            g = g.float()
+            if method == "smoothgrad":
+                total += g.abs().sum(dim=1)
+            elif method == "gradxinput":
+                total += F.relu((g * x.float()).sum(dim=1))
+            else:
+                total += (g * x.float()).sum(dim=1)
+    if method == "ig":
+        total = F.relu(total)
+    return total / samples
+
+
 def explain(
     predictor: Predictor,
     volume: Volume,
@@ -177,12 +245,15 @@ def explain(
     method: str = "gradcam",
     layer: str | None = None,
     target: str | None = None,
+    restrict: str = "body",
+    smooth_mm: float = 0.0,
+    samples: int = 8,
 ) -> Explanation:
     """Predict ``volume`` and explain the ``target`` class (default: the predicted one)."""
-    from ctcovid.models import model_info
-
-    if layer is None:
-        layer = model_info(predictor.model_name).gradcam_layer if predictor.model_name else "layer4"
+    if method not in METHODS:
+        raise CtcovidError(f"unknown explanation method {method!r}; valid: {', '.join(METHODS)}")
+    if restrict not in RESTRICTIONS:
+        raise CtcovidError(f"unknown restriction {restrict!r}; valid: {', '.join(RESTRICTIONS)}")
     pre, chunks = predictor.prepare(volume, scan_id)
     probs = predictor.forward_probs([c.array for c in chunks])
     prediction = predictor.assemble(scan_id, [*volume.warnings, *pre.warnings], chunks, probs, {}, None)
@@ -193,25 +264,112 @@ def explain(
             f"unknown target class {target!r}; the model's classes: {', '.join(predictor.labels)}"
         )
     t = predictor.labels.index(target)
+    layers: list[str] = []
+    if method in CAM_METHODS:
+        layers = resolve_layers(predictor, layer, chunks[0].array.shape)
     _, d_pre, h, w = pre.array.shape
     total = np.zeros((d_pre, h, w), dtype=np.float32)
     count = np.zeros(d_pre, dtype=np.float32)
     for i in range(0, len(chunks), predictor.batch_size):
         part = chunks[i : i + predictor.batch_size]
         x = torch.from_numpy(np.stack([c.array for c in part])).to(predictor.device)
-        cams = cam_maps(predictor.model, x, t, layer, method)  # (B, d, h', w')
-        up = F.interpolate(cams[:, None], size=tuple(x.shape[2:]), mode="trilinear", align_corners=False)
-        up_np = up[:, 0].cpu().numpy()
+        size = tuple(x.shape[2:])
+        if method in CAM_METHODS:
+            maps = []
+            for cam in layer_cams(predictor.model, x, t, layers, method):  # (B, d, h', w') each
+                up = F.interpolate(cam[:, None], size=size, mode="trilinear", align_corners=False)[:, 0]
+                if len(layers) > 1:  # each layer weighs the same: normalise per chunk first
+                    up = up / up.flatten(1).amax(dim=1).clamp_min(_EPS).view(-1, 1, 1, 1)
+                maps.append(up)
+            up = torch.stack(maps).mean(dim=0)
+        else:
+            up = saliency_maps(predictor.model, x, t, method, samples=samples)
+        up_np = up.detach().cpu().numpy()
         for c, m in zip(part, up_np):
             n = c.stop - c.start
             total[c.start : c.stop] += m[:n]
             count[c.start : c.stop] += 1
     heat_pre = total / np.maximum(count, 1)[:, None, None]
-    peak = float(heat_pre.max())
-    if peak > 0:
-        heat_pre /= peak
+    if smooth_mm > 0:
+        heat_pre = ndimage.gaussian_filter(heat_pre, [smooth_mm / s for s in pre.spacing_mm])
     heat = to_input_grid(heat_pre, pre, volume)
-    return Explanation(prediction, target, method, layer, heat, heat_pre.astype(np.float32), volume)
+    if restrict == "body":
+        inside = body_mask(volume, predictor.preprocess_config)
+        if inside is not None:
+            heat *= inside
+    peak = float(heat.max())
+    if peak > 0:
+        heat /= peak
+        heat_pre = heat_pre / max(float(heat_pre.max()), _EPS)
+    name = "+".join(layers) if layers else "input"
+    return Explanation(prediction, target, method, name, heat, heat_pre.astype(np.float32), volume)
+
+
+def body_mask(volume: Volume, config: PreprocessConfig) -> np.ndarray | None:
+    """The body (lungs included, table and air out) on ``volume``'s grid, or None when not found."""
+    threshold = config.body_threshold_hu if volume.units == Units.HU else config.body_threshold_display
+    body = find_body(volume.voxels, volume.spacing_mm, units=volume.units, threshold=threshold, margin_mm=0.0)
+    if not body.found:
+        return None
+    d, h, w = volume.shape
+    return body.sample(np.arange(d), np.arange(h), np.arange(w))
+
+
+def candidate_layers(predictor: Predictor) -> list[str]:
+    """The model's stages, shallow to deep, named like its registered Grad-CAM layer."""
+    from ctcovid.models import model_info
+
+    default = model_info(predictor.model_name).gradcam_layer if predictor.model_name else "layer4"
+    m = re.fullmatch(r"(.*?)(\d+)", default)
+    if m is None:
+        return [default]
+    names = [f"{m.group(1)}{k}" for k in range(1, int(m.group(2)) + 1)]
+    return [n for n in names if _has_layer(predictor.model, n)] or [default]
+
+
+def _has_layer(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
+
+
+def layer_grids(model: nn.Module, x: torch.Tensor, names: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """The spatial output shape of each named layer for input ``x`` (one no-grad forward)."""
+    owner = threading.get_ident()
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = []
+    for name in names:
+        def hook(_m: nn.Module, _i: Any, out: torch.Tensor, name: str = name) -> None:
+            if threading.get_ident() == owner:
+                shapes[name] = tuple(out.shape[2:])
+        handles.append(find_layer(model, name).register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+def resolve_layers(predictor: Predictor, layer: str | None, input_shape: tuple[int, ...]) -> list[str]:
+    """The layer(s) to use: ``layer`` split on ``+``, or the automatic choice when None or "auto"."""
+    if layer is not None and layer != "auto":
+        names = [n.strip() for n in layer.split("+") if n.strip()]
+        for n in names:
+            find_layer(predictor.model, n)
+        return names
+    names = candidate_layers(predictor)
+    x = torch.zeros((1, *input_shape), dtype=torch.float32, device=predictor.device)
+    grids = layer_grids(predictor.model, x, names)
+    for name in reversed(names):
+        grid = grids.get(name, ())
+        need = [min(m, s) for m, s in zip(AUTO_MIN_GRID[-len(grid):], input_shape[-len(grid):])]
+        if grid and all(g >= n for g, n in zip(grid, need)):
+            return [name]
+    return [names[0]]
 
 
 # --------------------------------------------------------------------------- geometry
