@@ -131,7 +131,9 @@ def test_cncb_groups_scores_with_offset_and_column_options(tmp_path: Path) -> No
 
 def test_cncb_wrong_column_names_the_file_and_columns(tmp_path: Path) -> None:
     (tmp_path / "metadata.csv").write_text("pid,sev\n1,2\n")
-    with pytest.raises(ManifestError, match=r"metadata.csv': no column 'Patient ID'; columns are pid, sev"):
+    with pytest.raises(
+        ManifestError, match=r"metadata.csv': missing column\(s\) Patient ID, Severity; found pid, sev"
+    ):
         import_cohort("cncb-severity", str(tmp_path))
 
 

@@ -97,6 +97,27 @@ def write_manifest(rows: Iterable[ManifestRow], path: str | Path) -> Path:
     return out
 
 
+def read_csv_records(
+    path: str | Path, required: Sequence[str], *, expected: Sequence[str] = (), hint: str = ""
+) -> list[dict[str, str]]:
+    """Rows of a CSV as dicts with stripped keys and values (a UTF-8 BOM is accepted).
+
+    A missing ``required`` column raises ManifestError naming the file, the missing and the found
+    columns (and ``expected``/``hint`` when given). Row ``i`` of the list is line ``i + 2``.
+    """
+    p = Path(path)
+    with p.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in reader.fieldnames or []]
+        missing = [c for c in required if c not in header]
+        if missing:
+            msg = f"'{p}': missing column(s) {', '.join(missing)}; found {', '.join(header) or 'no header'}"
+            if expected:
+                msg += f"; expected {', '.join(expected)}"
+            raise ManifestError(msg + (f" ({hint})" if hint else ""))
+        return [{k.strip(): (v or "").strip() for k, v in rec.items() if k} for rec in reader]
+
+
 def _parse_row(rec: dict[str, str], where: str) -> ManifestRow:
     def get(col: str) -> str:
         return (rec.get(col) or "").strip()
@@ -144,16 +165,8 @@ def read_manifest(
     p = Path(path)
     if not p.is_file():
         raise ManifestError(f"manifest '{p}' does not exist")
-    with p.open(newline="") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in reader.fieldnames or []]
-        missing = [c for c in REQUIRED if c not in header]
-        if missing:
-            raise ManifestError(
-                f"manifest '{p}': missing column(s) {', '.join(missing)}; "
-                f"found {', '.join(header) or 'no header'}; expected {', '.join(COLUMNS)}"
-            )
-        rows = [_parse_row(rec, f"manifest '{p}' row {i}") for i, rec in enumerate(reader, start=2)]
+    records = read_csv_records(p, REQUIRED, expected=COLUMNS)
+    rows = [_parse_row(rec, f"manifest '{p}' row {i}") for i, rec in enumerate(records, start=2)]
     validate_rows(rows, p, labels=labels, check_files=check_files)
     return rows
 

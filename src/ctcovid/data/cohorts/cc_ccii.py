@@ -14,7 +14,6 @@ is used under two classes, which the real release does.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from ctcovid.data.cohorts.base import (
@@ -27,7 +26,7 @@ from ctcovid.data.cohorts.base import (
     register_importer,
     require_dir,
 )
-from ctcovid.data.manifest import ManifestRow
+from ctcovid.data.manifest import ManifestRow, read_csv_records
 from ctcovid.errors import ManifestError
 from ctcovid.types import DIAGNOSIS_LABELS
 
@@ -35,24 +34,14 @@ CSV_COLUMNS = ("zip_file", "label", "patient_id", "scan_id", "n_slice")
 
 
 def _read_unzip_csv(path: Path) -> dict[tuple[str, str, str], int]:
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        cols = [c.strip() for c in reader.fieldnames or []]
-        missing = [c for c in CSV_COLUMNS if c not in cols]
-        if missing:
+    out: dict[tuple[str, str, str], int] = {}
+    for i, rec in enumerate(read_csv_records(path, CSV_COLUMNS, expected=CSV_COLUMNS), start=2):
+        try:
+            out[(rec["label"], rec["patient_id"], rec["scan_id"])] = int(rec["n_slice"])
+        except ValueError as e:
             raise ManifestError(
-                f"'{path}': missing column(s) {', '.join(missing)}; expected {', '.join(CSV_COLUMNS)}"
-            )
-        out: dict[tuple[str, str, str], int] = {}
-        for i, rec in enumerate(reader, start=2):
-            try:
-                out[(rec["label"].strip(), rec["patient_id"].strip(), rec["scan_id"].strip())] = int(
-                    rec["n_slice"]
-                )
-            except ValueError as e:
-                raise ManifestError(
-                    f"'{path}' row {i}, column 'n_slice': {rec['n_slice']!r} is not an integer"
-                ) from e
+                f"'{path}' row {i}, column 'n_slice': {rec['n_slice']!r} is not an integer"
+            ) from e
     return out
 
 

@@ -15,7 +15,6 @@ manifest label and the raw score is kept in ``severity_score``.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from ctcovid.data.cohorts.base import (
@@ -27,7 +26,7 @@ from ctcovid.data.cohorts.base import (
     register_importer,
     require_dir,
 )
-from ctcovid.data.manifest import ManifestRow
+from ctcovid.data.manifest import ManifestRow, read_csv_records
 from ctcovid.errors import ManifestError
 from ctcovid.types import severity_from_score
 
@@ -35,32 +34,26 @@ from ctcovid.types import severity_from_score
 def _read_scores(
     path: Path, patient_column: str, score_column: str, offset: int, result: ImportResult
 ) -> dict[str, int]:
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        cols = [c.strip() for c in reader.fieldnames or []]
-        for col in (patient_column, score_column):
-            if col not in cols:
-                raise ManifestError(
-                    f"'{path}': no column {col!r}; columns are {', '.join(cols)} "
-                    "(set patient_column= / score_column=)"
+    records = read_csv_records(
+        path, (patient_column, score_column), hint="set the patient_column= / score_column= options"
+    )
+    scores: dict[str, int] = {}
+    for i, rec in enumerate(records, start=2):
+        pid = (rec.get(patient_column) or "").strip()
+        raw = (rec.get(score_column) or "").strip()
+        try:
+            score = int(float(raw)) + offset
+            severity_from_score(score)
+        except ValueError:
+            result.skipped.append(
+                (
+                    f"{path.name} row {i} (patient {pid or '?'})",
+                    f"severity {raw!r} + offset {offset} is not a score in 1..6",
                 )
-        scores: dict[str, int] = {}
-        for i, rec in enumerate(reader, start=2):
-            pid = (rec.get(patient_column) or "").strip()
-            raw = (rec.get(score_column) or "").strip()
-            try:
-                score = int(float(raw)) + offset
-                severity_from_score(score)
-            except ValueError:
-                result.skipped.append(
-                    (
-                        f"{path.name} row {i} (patient {pid or '?'})",
-                        f"severity {raw!r} + offset {offset} is not a score in 1..6",
-                    )
-                )
-                continue
-            if pid:
-                scores[pid] = score
+            )
+            continue
+        if pid:
+            scores[pid] = score
     return scores
 
 

@@ -8,11 +8,10 @@ archive names the class folders ``COVID-19 subjects`` etc.; both spellings are l
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from ctcovid.data.cohorts.base import ImportResult, Progress, probe_scan, register_importer, require_dir
-from ctcovid.data.manifest import ManifestRow
+from ctcovid.data.manifest import ManifestRow, read_csv_records
 from ctcovid.errors import ManifestError
 
 DIAGNOSIS_MAP = {"COVID-19": "NCP", "CAP": "CP", "Normal": "Normal"}
@@ -25,15 +24,7 @@ def import_covid_ct_md(root: str | Path, *, progress: Progress | None = None) ->
     index = base / "Index.csv"
     if not index.is_file():
         raise ManifestError(f"COVID-CT-MD index '{index}' not found")
-    with index.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        cols = [c.strip() for c in reader.fieldnames or []]
-        missing = [c for c in COLUMNS if c not in cols]
-        if missing:
-            raise ManifestError(
-                f"'{index}': missing column(s) {', '.join(missing)}; expected {', '.join(COLUMNS)}"
-            )
-        records = [{k.strip(): (v or "").strip() for k, v in rec.items() if k} for rec in reader]
+    records = read_csv_records(index, COLUMNS, expected=COLUMNS)
     result = ImportResult(kind="covid-ct-md", root=str(base))
     for i, rec in enumerate(records, start=2):
         subject, diagnosis = rec["Folder/ID"], rec["Diagnosis"]
