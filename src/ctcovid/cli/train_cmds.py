@@ -159,5 +159,9 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "train": ("train a model from a config file", _add_train, _run_train),
-    "demo": ("synthetic end-to-end run (no data needed)", _add_demo, _run_demo),
+    "demo": (
+        "synthetic end-to-end run, no data needed: generate a cohort, import, split, train, evaluate",
+        _add_demo,
+        _run_demo,
+    ),
 }
