@@ -17,6 +17,8 @@ knows:
 * ``enr``: in+ / area+ (1.0 = no better than uniform over the body);
 * ``lung``: among the heat inside the lungs, the share on the dilated lesions, over their share
   of the lungs (does it find the lesion *within* the lungs, beyond finding the lungs);
+* ``hot+``: the share of the hot voxels (heat >= half its maximum: what a reader sees) that lie
+  on the dilated lesions;
 * ``point``: the share of scans whose hottest voxel lies on the dilated lesions.
 
 Figures are means over the held-out lesion scans (per-scan ratios averaged). The same variants
@@ -70,9 +72,29 @@ VARIANTS = [
     Variant("gradcam layer3 body", {"method": "gradcam", "layer": "layer3", "restrict": "body"}),
     Variant("gradcam layer2 body", {"method": "gradcam", "layer": "layer2", "restrict": "body"}),
     Variant("gradcam++ layer2 body", {"method": "gradcam++", "layer": "layer2", "restrict": "body"}),
+    Variant("gradcam++ layer3 body", {"method": "gradcam++", "layer": "layer3", "restrict": "body"}),
+    Variant("layercam layer3 body", {"method": "layercam", "layer": "layer3", "restrict": "body"}),
+    Variant("layercam layer2 body", {"method": "layercam", "layer": "layer2", "restrict": "body"}),
+    Variant("layercam layer1 body", {"method": "layercam", "layer": "layer1", "restrict": "body"}),
+    Variant("layercam layer2+3 body", {"method": "layercam", "layer": "layer2+layer3", "restrict": "body"}),
+    Variant("layercam layer1+2+3 body", {"method": "layercam", "layer": "layer1+layer2+layer3", "restrict": "body"}),
+    Variant("gradxinput body s3", {"method": "gradxinput", "restrict": "body", "smooth_mm": 3.0}),
+    Variant("gradxinput1 body", {"method": "gradxinput", "restrict": "body", "smooth_mm": 6.0, "samples": 1}),
+    Variant("gradxinput body s10", {"method": "gradxinput", "restrict": "body", "smooth_mm": 10.0}),
     Variant("smoothgrad body", {"method": "smoothgrad", "restrict": "body", "smooth_mm": 6.0}),
     Variant("gradxinput body", {"method": "gradxinput", "restrict": "body", "smooth_mm": 6.0}),
     Variant("ig body", {"method": "ig", "restrict": "body", "smooth_mm": 6.0}),
+    Variant("ig body s3", {"method": "ig", "restrict": "body", "smooth_mm": 3.0}),
+    Variant("ig body s0", {"method": "ig", "restrict": "body", "smooth_mm": 0.0}),
+    Variant("ig16 body s3", {"method": "ig", "restrict": "body", "smooth_mm": 3.0, "samples": 16}),
+    Variant("gradcam layer2 body m", {"method": "gradcam", "layer": "layer2", "restrict": "body", "score": "margin"}),
+    Variant("gradcam layer3 body m", {"method": "gradcam", "layer": "layer3", "restrict": "body", "score": "margin"}),
+    Variant("ig body s3 m", {"method": "ig", "restrict": "body", "smooth_mm": 3.0, "score": "margin"}),
+    Variant("ig lungs s3", {"method": "ig", "restrict": "lungs", "smooth_mm": 3.0}),
+    Variant("gradxinput1 lungs", {"method": "gradxinput", "restrict": "lungs", "smooth_mm": 3.0, "samples": 1}),
+    Variant("gradcam layer2 lungs", {"method": "gradcam", "layer": "layer2", "restrict": "lungs"}),
+    Variant("gradcam layer3 lungs", {"method": "gradcam", "layer": "layer3", "restrict": "lungs"}),
+    Variant("ig", {"method": "ig", "restrict": "none", "smooth_mm": 3.0}),
 ]
 
 
@@ -108,7 +130,7 @@ def train(work: Path, labels: tuple[str, ...], args: argparse.Namespace, shape: 
                        "body_crop": True},
         "model": {"name": args.model},
         "train": {"epochs": args.epochs, "batch_size": 6, "lr": args.lr, "step_size": max(1, args.epochs * 3 // 4),
-                  "sampler": "class_uniform", "best_metric": "val_accuracy", "seed": args.seed},
+                  "sampler": "class_uniform", "best_metric": "val_loss", "seed": args.seed},
     }  # fmt: skip
     t0 = time.perf_counter()
     result = fit(run_config_from_dict(raw), run_dir)
@@ -116,7 +138,7 @@ def train(work: Path, labels: tuple[str, ...], args: argparse.Namespace, shape: 
     print(
         f"trained {args.model} on {len(labels) * args.train} scans ({args.epochs} epochs, input "
         f"{args.depth}x{args.size}x{args.size}) in {time.perf_counter() - t0:.0f} s; best {result.best.get('epoch')}: "
-        f"val accuracy {result.best.get('val_accuracy', float('nan')):.2f}; last train loss {last.get('train_loss', float('nan')):.3f}"
+        f"val loss {result.best.get('val_loss', float('nan')):.3f}, accuracy {result.best.get('val_accuracy', float('nan')):.2f}; last train loss {last.get('train_loss', float('nan')):.3f}"
     )
     return best
 
@@ -131,12 +153,14 @@ def score(heat: np.ndarray, case: SynthCase, dilate_mm: float) -> dict[str, floa
     heat_lungs = max(float((heat * lungs).sum()), 1e-12)
     lung_area = float((near & lungs).sum() / lungs.sum())
     in_plus = float((heat * near).sum()) / total
+    hot = heat >= 0.5 * float(heat.max())
     return {
         "in": float((heat * lesion).sum()) / total,
         "in+": in_plus,
         "area+": area,
         "enr": in_plus / area,
         "lung": float((heat * near * lungs).sum()) / heat_lungs / lung_area,
+        "hot+": float(near[hot].mean()) if hot.any() else 0.0,
         "point": float(near[np.unravel_index(np.argmax(heat), heat.shape)]),
     }
 
@@ -144,8 +168,12 @@ def score(heat: np.ndarray, case: SynthCase, dilate_mm: float) -> dict[str, floa
 def measure(predictor: Predictor, cases: list[SynthCase], variant: Variant, dilate_mm: float, save: str) -> dict[str, float]:
     rows = []
     t0 = time.perf_counter()
+    import ctcovid.predict.explain as ex
+
+    kwargs = dict(variant.kwargs)
+    ex.SCORE = kwargs.pop("score", "logit")
     for c in cases:
-        e = explain(predictor, c.volume, target=c.label, **variant.kwargs)
+        e = explain(predictor, c.volume, target=c.label, **kwargs)
         rows.append(score(e.heat, c, dilate_mm))
         if save and len(rows) == 1:
             from ctcovid.predict.explain import montage_png
@@ -210,7 +238,7 @@ def main() -> None:
                            task="diagnosis", preprocess=trained.preprocess_config.to_dict())  # fmt: skip
     models = [("trained", trained)] + ([] if args.no_control else [("untrained", Predictor.from_checkpoint(ckpt))])
     wanted = [v for v in VARIANTS if not args.variants or v.name in args.variants.split(",")]
-    cols = ["in", "in+", "area+", "enr", "lung", "point", "s/scan"]
+    cols = ["in", "in+", "area+", "enr", "lung", "hot+", "point", "s/scan"]
     print(f"lesion mask dilated +{args.dilate_mm:g} mm for in+/area+/enr/lung/point")
     header = f"| variant | {' | '.join(cols)} | control in / in+ / enr / point |"
     print(header)

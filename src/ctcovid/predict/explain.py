@@ -19,6 +19,7 @@ NIfTI written by :meth:`Explanation.save` carries the input's affine and overlay
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
@@ -43,10 +44,12 @@ from ctcovid.preprocess.pipeline import PreprocessConfig, Preprocessed
 from ctcovid.types import Units, Volume
 
 CamMethod = Literal["gradcam", "gradcam++"]
-CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcam++")
+CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "layercam")
 SALIENCY_METHODS: tuple[str, ...] = ("smoothgrad", "gradxinput", "ig")
 METHODS: tuple[str, ...] = CAM_METHODS + SALIENCY_METHODS
-RESTRICTIONS: tuple[str, ...] = ("body", "none")
+RESTRICTIONS: tuple[str, ...] = ("lungs", "body", "none")
+_CROSS_2D = np.zeros((3, 3, 3), dtype=bool)
+_CROSS_2D[1] = ndimage.generate_binary_structure(2, 1)
 AUTO_MIN_GRID: tuple[int, ...] = (4, 8, 8)
 _EPS = 1e-7
 
@@ -161,6 +164,8 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
 def _cam_from(act: torch.Tensor, grads: torch.Tensor, method: str) -> torch.Tensor:
     act, grads = act.detach().float(), grads.float()
     dims = tuple(range(2, act.ndim))
+    if method == "layercam":  # Jiang et al. 2021: positive gradients weigh each location
+        return F.relu((F.relu(grads) * act).sum(dim=1))
     if method == "gradcam":
         weights = grads.mean(dim=dims, keepdim=True)
     else:
@@ -169,6 +174,15 @@ def _cam_from(act: torch.Tensor, grads: torch.Tensor, method: str) -> torch.Tens
         alpha = torch.where(grads != 0, alpha, torch.zeros_like(alpha))
         weights = (alpha * F.relu(grads)).sum(dim=dims, keepdim=True)
     return F.relu((weights * act).sum(dim=1))
+
+
+SCORE = "logit"
+
+
+def _score(logits: torch.Tensor, target: int) -> torch.Tensor:
+    if SCORE == "margin":
+        return logits[:, target] - logits.mean(dim=1)
+    return logits[:, target]
 
 
 def layer_cams(
@@ -184,7 +198,7 @@ def layer_cams(
         if missing:
             raise CtcovidError(f"layer '{missing[0]}' was not used by the forward pass; pick another layer")
         acts = [store[i] for i in range(len(layers))]
-        grads = torch.autograd.grad(logits[:, target].sum(), acts, allow_unused=True)
+        grads = torch.autograd.grad(_score(logits, target).sum(), acts, allow_unused=True)
     return [
         _cam_from(a, g if g is not None else torch.zeros_like(a), method) for a, g in zip(acts, grads)
     ]
@@ -220,11 +234,13 @@ def saliency_maps(
         for k in range(samples):
             if method == "ig":
                 xi = x * ((k + 0.5) / samples)
-            else:
+            elif samples > 1:
                 xi = x + noise * torch.randn(x.shape, generator=gen).to(x.device, x.dtype)
+            else:
+                xi = x.clone()
             xi.requires_grad_(True)
             logits = model(xi)
-            (g,) = torch.autograd.grad(logits[:, target].sum(), xi)
+            (g,) = torch.autograd.grad(_score(logits, target).sum(), xi)
             g = g.float()
             if method == "smoothgrad":
                 total += g.abs().sum(dim=1)
@@ -293,8 +309,12 @@ def explain(
     if smooth_mm > 0:
         heat_pre = ndimage.gaussian_filter(heat_pre, [smooth_mm / s for s in pre.spacing_mm])
     heat = to_input_grid(heat_pre, pre, volume)
-    if restrict == "body":
-        inside = body_mask(volume, predictor.preprocess_config)
+    if restrict in ("body", "lungs"):
+        inside = None
+        if restrict == "lungs":
+            inside = lung_field(volume, predictor.preprocess_config)
+        if inside is None:
+            inside = body_mask(volume, predictor.preprocess_config)
         if inside is not None:
             heat *= inside
     peak = float(heat.max())
@@ -303,6 +323,42 @@ def explain(
         heat_pre = heat_pre / max(float(heat_pre.max()), _EPS)
     name = "+".join(layers) if layers else "input"
     return Explanation(prediction, target, method, name, heat, heat_pre.astype(np.float32), volume)
+
+
+LUNG_THRESHOLD_HU = -300.0  # aerated lung and ground glass below, soft tissue and consolidation above
+
+
+def lung_field(volume: Volume, config: PreprocessConfig) -> np.ndarray | None:
+    """Where the lungs are, dense lesions included, on ``volume``'s grid (None when not found).
+
+    Aerated lung (below -300 HU inside the body, away from the skin) united with its mirror image
+    across the body's left-right centre, so that a lobe consolidated on one side is covered by
+    the other side's outline; widened by one coarse voxel (~3 mm) and kept inside the body.
+    """
+    threshold = config.body_threshold_hu if volume.units == Units.HU else config.body_threshold_display
+    body = find_body(volume.voxels, volume.spacing_mm, units=volume.units, threshold=threshold, margin_mm=0.0)
+    if not body.found:
+        return None
+    sz, sy, sx = body.stride
+    coarse = volume.voxels[::sz, ::sy, ::sx]
+    if volume.units == Units.HU:
+        lung_thr = LUNG_THRESHOLD_HU
+    else:
+        level, width = LUNG_WINDOW_HU
+        lung_thr = (LUNG_THRESHOLD_HU - (level - width / 2)) / width * 255.0
+    core = ndimage.binary_erosion(body.mask, structure=_CROSS_2D, iterations=2)
+    aerated = core & (coarse < lung_thr)
+    # The left-right array axis: the one whose direction has the largest LPS x component.
+    axis = int(np.argmax(np.abs(np.asarray(volume.direction)[0])))
+    extent = np.flatnonzero(body.mask.any(axis=tuple(a for a in range(3) if a != axis)))
+    n = aerated.shape[axis]
+    mirror_idx = np.clip(np.rint(extent[0] + extent[-1] - np.arange(n)).astype(np.intp), 0, n - 1)
+    field = aerated | np.take(aerated, mirror_idx, axis=axis)
+    field = ndimage.binary_dilation(field, structure=_CROSS_2D, iterations=1) & body.mask
+    if field.sum() < 0.02 * body.mask.sum():
+        return None
+    d, h, w = volume.shape
+    return dataclasses.replace(body, mask=field).sample(np.arange(d), np.arange(h), np.arange(w))
 
 
 def body_mask(volume: Volume, config: PreprocessConfig) -> np.ndarray | None:
