@@ -38,8 +38,8 @@ from torch import nn
 
 from ctcovid.errors import CtcovidError
 from ctcovid.predict.predictor import Prediction, Predictor
-from ctcovid.preprocess.intensity import LUNG_WINDOW_HU, apply_window, display_to_unit
 from ctcovid.preprocess.body import find_body
+from ctcovid.preprocess.intensity import LUNG_WINDOW_HU, apply_window, display_to_unit
 from ctcovid.preprocess.pipeline import PreprocessConfig, Preprocessed
 from ctcovid.types import Units, Volume
 
@@ -199,9 +199,7 @@ def layer_cams(
             raise CtcovidError(f"layer '{missing[0]}' was not used by the forward pass; pick another layer")
         acts = [store[i] for i in range(len(layers))]
         grads = torch.autograd.grad(_score(logits, target).sum(), acts, allow_unused=True)
-    return [
-        _cam_from(a, g if g is not None else torch.zeros_like(a), method) for a, g in zip(acts, grads)
-    ]
+    return [_cam_from(a, g if g is not None else torch.zeros_like(a), method) for a, g in zip(acts, grads)]
 
 
 def cam_maps(
@@ -397,9 +395,11 @@ def layer_grids(model: nn.Module, x: torch.Tensor, names: Sequence[str]) -> dict
     shapes: dict[str, tuple[int, ...]] = {}
     handles = []
     for name in names:
+
         def hook(_m: nn.Module, _i: Any, out: torch.Tensor, name: str = name) -> None:
             if threading.get_ident() == owner:
                 shapes[name] = tuple(out.shape[2:])
+
         handles.append(find_layer(model, name).register_forward_hook(hook))
     try:
         with torch.no_grad():
@@ -422,7 +422,7 @@ def resolve_layers(predictor: Predictor, layer: str | None, input_shape: tuple[i
     grids = layer_grids(predictor.model, x, names)
     for name in reversed(names):
         grid = grids.get(name, ())
-        need = [min(m, s) for m, s in zip(AUTO_MIN_GRID[-len(grid):], input_shape[-len(grid):])]
+        need = [min(m, s) for m, s in zip(AUTO_MIN_GRID[-len(grid) :], input_shape[-len(grid) :])]
         if grid and all(g >= n for g, n in zip(grid, need)):
             return [name]
     return [names[0]]
