@@ -98,17 +98,14 @@ def _channels_last(cfg: RunConfig, device: torch.device, dtype: torch.dtype | No
 
 def prepare_split(cfg: RunConfig, rows: list[Any], info: D.DistInfo) -> dict[str, str]:
     path = Path(cfg.data.split) if cfg.data.split else split_path(cfg.data.manifest)
-    if not path.is_file():
-        if cfg.data.split:
-            raise ConfigError(f"data.split: split file '{path}' does not exist")
-        if info.is_main:
-            write_split(
-                rows,
-                split_patients(rows, val=cfg.data.val, test=cfg.data.test, seed=cfg.data.split_seed),
-                None,
-                path,
-            )
-        D.barrier(info)
+    if cfg.data.split and not path.is_file():
+        raise ConfigError(f"data.split: split file '{path}' does not exist")
+    if info.is_main and not path.is_file():
+        split = split_patients(rows, val=cfg.data.val, test=cfg.data.test, seed=cfg.data.split_seed)
+        write_split(rows, split, None, path)
+    # Every rank passes this barrier exactly once: a rank that checked for the file only after
+    # rank 0 wrote it would otherwise skip it and pair with a later barrier.
+    D.barrier(info)
     return read_split(path)
 
 
