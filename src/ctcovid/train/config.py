@@ -61,8 +61,10 @@ class TrainConfig:
     sampler: Literal["shuffle", "class_uniform"] = "shuffle"
     loss: Literal["ce", "weighted_ce"] = "ce"
     augment: bool = True
-    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
-    channels_last: bool = False
+    # auto: bf16 where the device computes it natively and it passes a check against fp32, else fp32
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "auto"
+    channels_last: bool | Literal["auto"] = "auto"  # auto: on for bf16 on CPU (measured), off elsewhere
+    compile: bool = False  # torch.compile the model (slower to start; no gain measured on CPU)
     grad_accum: int = 1
     clip_grad_norm: float = 0.0
     deterministic: bool = False

@@ -1,0 +1,431 @@
+"""Tuned execution: the autocast dtype, memory layout and kernels ``fit`` trains with.
+
+Every rule here comes from a measurement on this project's machines (``bench/bench_train_step.py``,
+figures in ``bench/RESULTS.md``):
+
+* **bf16 autocast** where the hardware computes bf16 natively (CUDA with bf16; CPUs with
+  AVX512-BF16 or AMX): 2-3x faster training steps of the 3D ResNets on a Zen 4 CPU.
+* **Depth folding.** torch 2.13's CPU bf16 ``conv3d`` (oneDNN 3.12) returns wrong weight gradients
+  (garbage, inf or NaN) when the input is thinner than the kernel in depth, ``stride < D < kernel``
+  (and for ``D == 1`` with one channel in channels-last layout), and corrupts the heap for some of
+  those shapes (7-deep kernel, ``D == 4``). That is what made bf16 training "go NaN" on small
+  volumes: the last stage of a 3D ResNet on 24 slices sees ``D == 2``. Such a convolution is
+  computed instead as a 2D convolution over depth folded into channels
+  (:func:`fold_depth_conv3d`): the same sum of products, exact up to rounding, and no slower.
+* **A numerical check before bf16 is used** (:func:`bf16_conv_mismatches`): each distinct 3D
+  convolution of the model, at the shape it will see, is run once in bf16 and compared with fp32;
+  ``precision="auto"`` falls back to fp32 if any differs by more than rounding.
+* **channels_last_3d** with bf16 on CPU: 4% faster at 40 slices, nothing to gain in fp32; never
+  for the inputs of the known heap-corruption case (3+ channels, 4 slices).
+* **Fused Adam/AdamW** (``fused=True``): the optimizer step of a 33M-parameter network takes 21 ms
+  instead of 156 ms on one core.
+
+``torch.compile`` is an option (``train.compile``), off by default: on this CPU it took 50-110 s to
+compile r3d_18 and the compiled step was not faster (0.94x).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ctcovid.errors import ConfigError, CtcovidError
+from ctcovid.preprocess.pipeline import PreprocessConfig
+
+log = logging.getLogger(__name__)
+
+Precision = Literal["fp32", "bf16", "fp16", "auto"]
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: A bf16 convolution counts as wrong when it differs from fp32 by more than this share of the
+#: largest reference value. bf16 rounding gives 0.002-0.004 on these layers; the kernel bug >= 1.5.
+BF16_TOLERANCE = 0.05
+
+
+class Bf16Unsupported(CtcovidError, RuntimeError):
+    """``precision='bf16'`` was asked for where bf16 would give wrong numbers."""
+
+
+# --------------------------------------------------------------------------- hardware
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX), so oneDNN runs bf16 at ~2x fp32."""
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        fn = getattr(torch.cpu, probe, None)
+        if fn is not None:
+            try:
+                if fn():
+                    return True
+            except RuntimeError:
+                pass
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` runs bf16 faster than fp32 (CUDA with bf16 support, or a bf16 CPU)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        return cpu_has_native_bf16()
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``train.precision`` (None: fp32), before the numerical check.
+
+    ``"auto"`` is bf16 where the device computes it natively and fp32 elsewhere.
+    """
+    if precision == "auto":
+        return torch.bfloat16 if native_bf16(device) else None
+    if precision not in PRECISIONS:
+        raise ConfigError(
+            f"train.precision={precision!r} is not one of {', '.join(map(repr, [*PRECISIONS, 'auto']))}"
+        )
+    return PRECISIONS[precision]
+
+
+# --------------------------------------------------------------------------- channels_last
+def channels_last_crash_case(
+    device: torch.device, dtype: torch.dtype | None, in_channels: int, depth: int | None
+) -> bool:
+    """The torch 2.13 CPU heap corruption: channels_last_3d + bf16 backward, 3+ channels, <= 4 slices.
+
+    Measured on the 7x7x7 stem: 3, 4, 6, 8 and 16 input channels crash at 4 slices, 1 and 2 do not.
+    Depth folding keeps that kernel from running, but channels_last gains nothing at these depths
+    (every convolution is folded into 2D there), so it stays off rather than rely on the fold.
+    """
+    return (
+        device.type == "cpu"
+        and dtype == torch.bfloat16
+        and in_channels >= 3
+        and depth is not None
+        and depth <= 4
+    )
+
+
+def resolve_channels_last(
+    setting: bool | str, device: torch.device, dtype: torch.dtype | None, in_channels: int, depth: int | None
+) -> bool:
+    """``train.channels_last``: true/false, or "auto" (on for bf16 on CPU, where it was measured to win)."""
+    if setting == "auto":
+        wanted = device.type == "cpu" and dtype == torch.bfloat16
+    elif isinstance(setting, bool):
+        wanted = setting
+    else:
+        raise ConfigError(f"train.channels_last={setting!r} must be true, false or 'auto'")
+    if wanted and channels_last_crash_case(device, dtype, in_channels, depth):
+        log.warning(
+            "channels_last disabled: channels_last_3d + bf16 crashes on %d-channel %s-slice inputs on CPU",
+            in_channels,
+            depth,
+        )
+        return False
+    return wanted
+
+
+# --------------------------------------------------------------------------- depth folding
+def fold_depth_conv3d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    dilation: tuple[int, ...],
+    groups: int,
+) -> torch.Tensor:
+    """``F.conv3d(x, weight, bias, stride, padding, dilation, groups)`` computed with one ``F.conv2d``.
+
+    Two exact rewritings, whichever moves less memory:
+
+    * **weights fold** (large activations, small weights: stems, early stages): depth moves into
+      the channels of both sides. Input channel ``(c, j)`` is channel ``c`` of slice ``j``, output
+      channel ``(o, d)`` is channel ``o`` of output slice ``d``, and the 2D weight holds the 3D
+      weight's tap ``t`` at ``(o, d), (c, j)`` when ``j = d * stride - padding + t * dilation``
+      (zero elsewhere). Only taps that meet real slices are computed.
+    * **input unfold** (small activations, large weights: late stages): each output slice becomes a
+      batch item whose channels are the ``k`` input slices under the kernel (zero-padded), and the
+      weight is used as it is, viewed as ``(O, C * k, kh, kw)``.
+    """
+    b, c, depth, h, w = x.shape
+    out_c, c_per_group, k, kh, kw = weight.shape
+    sd, pd, dd = stride[0], padding[0], dilation[0]
+    out_depth = (depth + 2 * pd - dd * (k - 1) - 1) // sd + 1
+    folded_weight = weight.numel() * out_depth * depth // k
+    unfolded_input = x.numel() * k * out_depth // depth
+    if folded_weight > weight.numel() + unfolded_input:
+        xp = F.pad(x, (0, 0, 0, 0, pd, pd))
+        slices = [d * sd + t * dd for d in range(out_depth) for t in range(k)]
+        xa = xp.index_select(2, torch.tensor(slices, device=x.device)).view(b, c, out_depth, k, h, w)
+        xa = xa.transpose(1, 2).reshape(b * out_depth, c * k, h, w)  # channels (c, tap)
+        y = F.conv2d(xa, weight.reshape(out_c, c_per_group * k, kh, kw), None, stride[1:], padding[1:],
+                     dilation[1:], groups)  # fmt: skip
+        y = y.view(b, out_depth, out_c, *y.shape[-2:]).transpose(1, 2)  # (B, O, out_depth, H', W')
+    else:
+        taps, valid = [], []
+        for d in range(out_depth):
+            for j in range(depth):
+                offset = j - d * sd + pd  # = tap * dilation when output slice d reads input slice j
+                tap = offset // dd
+                ok = offset % dd == 0 and 0 <= tap < k
+                taps.append(tap if ok else 0)
+                valid.append(ok)
+        # One gather of the taps (its backward is one scatter-add), zeroing pairs no tap links.
+        w2 = weight.index_select(
+            2, torch.tensor(taps, device=weight.device)
+        )  # (O, C/g, out_depth * depth, kh, kw)
+        if not all(valid):
+            w2 = w2 * torch.tensor(valid, dtype=w2.dtype, device=w2.device).view(1, 1, -1, 1, 1)
+        w2 = w2.view(groups, out_c // groups, c_per_group, out_depth, depth, kh, kw)
+        w2 = w2.permute(0, 1, 3, 2, 4, 5, 6).reshape(out_c * out_depth, c_per_group * depth, kh, kw)
+        y = F.conv2d(x.reshape(b, c * depth, h, w), w2, None, stride[1:], padding[1:], dilation[1:], groups)
+        y = y.reshape(b, out_c, out_depth, *y.shape[-2:])  # (B, O, out_depth, H', W')
+    if bias is not None:
+        y = y + bias.view(1, -1, 1, 1, 1)
+    return y
+
+
+def _bf16_on_cpu(x: torch.Tensor) -> bool:
+    if x.device.type != "cpu":
+        return False
+    if x.dtype == torch.bfloat16:
+        return True
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+class DepthFoldedConv3d(nn.Conv3d):
+    """An ``nn.Conv3d`` that, in bf16 on CPU, folds inputs thinner than its kernel into a 2D convolution.
+
+    Same parameters and state dict as ``nn.Conv3d``; other inputs and devices take the usual path.
+    See the module docstring for the torch bug this avoids.
+    """
+
+    def _conv_forward(
+        self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        if (
+            self.padding_mode == "zeros"
+            and not isinstance(self.padding, str)
+            and input.dim() == 5
+            and input.shape[2] < self.kernel_size[0]
+            and _bf16_on_cpu(input)
+        ):
+            if torch.is_autocast_enabled("cpu"):
+                # Autocast does not see inside this function's ops as one conv3d; cast as it would.
+                input, weight = input.to(torch.bfloat16), weight.to(torch.bfloat16)
+                bias = bias.to(torch.bfloat16) if bias is not None else None
+            return fold_depth_conv3d(
+                input,
+                weight,
+                bias,
+                tuple(self.stride),
+                tuple(self.padding),  # type: ignore[arg-type]
+                tuple(self.dilation),
+                self.groups,
+            )
+        return super()._conv_forward(input, weight, bias)
+
+
+def fold_thin_convs(model: nn.Module) -> list[str]:
+    """Make every ``nn.Conv3d`` with a kernel deeper than 1 a :class:`DepthFoldedConv3d`, in place.
+
+    The modules keep their identity, parameters, hooks and state-dict keys (only the class
+    changes, which adds no state), so optimizers, DDP and checkpoints are unaffected. Returns the
+    names of the modules changed.
+    """
+    names = []
+    for name, module in model.named_modules():
+        if type(module) is nn.Conv3d and module.kernel_size[0] > 1:
+            module.__class__ = DepthFoldedConv3d
+            names.append(name)
+    return names
+
+
+# --------------------------------------------------------------------------- numerical check
+def conv3d_inputs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """Input shape of every ``nn.Conv3d`` of ``model`` for an input of ``input_shape``.
+
+    Found with one fp32 forward pass of a batch of one in eval mode without gradients, so the
+    model's weights and BatchNorm statistics are left as they were. (The meta device would avoid
+    the compute but costs seconds of imports on first use, more than this pass.)
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv3d):
+
+            def record(m: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
+                shapes.setdefault(name, (input_shape[0], *args[0].shape[1:]))
+
+            handles.append(module.register_forward_pre_hook(record))
+    was_training = model.training
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros((1, *input_shape[1:]), device=device))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+def _conv_error(conv: nn.Conv3d, shape: tuple[int, ...], channels_last: bool, seed: int) -> float:
+    """Largest relative difference of a bf16-autocast conv (output and both gradients) from fp32."""
+    g = torch.Generator().manual_seed(seed)
+    probe = conv.__class__(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,  # type: ignore[arg-type]
+        conv.stride,  # type: ignore[arg-type]
+        conv.padding,  # type: ignore[arg-type]
+        conv.dilation,  # type: ignore[arg-type]
+        conv.groups,
+        conv.bias is not None,
+    )
+    with torch.no_grad():
+        for p in probe.parameters():
+            p.copy_(torch.randn(p.shape, generator=g).to(torch.bfloat16))  # exactly representable
+    x = torch.randn((1, *shape[1:]), generator=g).to(torch.bfloat16).float()
+    if channels_last:
+        probe = probe.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    x.requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = probe(x)
+    grad = torch.randn(y.shape, generator=g).to(torch.bfloat16).float()
+    y.float().backward(grad)
+    ref_x = x.detach().contiguous().requires_grad_(True)
+    ref_w = probe.weight.detach().contiguous().requires_grad_(True)
+    ref_b = probe.bias.detach().clone() if probe.bias is not None else None
+    ref = F.conv3d(ref_x, ref_w, ref_b, probe.stride, probe.padding, probe.dilation, probe.groups)  # type: ignore[arg-type]
+    ref.backward(grad)
+    errors = []
+    for got, want in ((y.float(), ref), (x.grad, ref_x.grad), (probe.weight.grad, ref_w.grad)):
+        assert got is not None and want is not None
+        scale = want.abs().max().item() or 1.0
+        err = (got.float() - want).abs().max().item() / scale
+        errors.append(err if err == err else float("inf"))  # NaN counts as wrong
+    return max(errors)
+
+
+def bf16_conv_mismatches(
+    model: nn.Module, input_shape: tuple[int, ...], *, channels_last: bool = False, thin_only: bool = False
+) -> dict[str, float]:
+    """3D convolutions of ``model`` whose bf16 autocast result on CPU is wrong at ``input_shape``.
+
+    Each distinct convolution (kernel deeper than 1; geometry and input shape) is run once with
+    random bf16-representable data, batch 1, and compared with fp32 on the same values. Returns
+    ``{module name: relative error}`` for those beyond :data:`BF16_TOLERANCE`; empty when all
+    agree. Costs about one training step of the model at batch 1; with ``thin_only`` only the
+    convolutions whose input is thinner than their kernel (the ones the torch bug hits, which
+    :class:`DepthFoldedConv3d` computes its own way) are checked, which is cheap.
+    """
+    errors: dict[tuple[Any, ...], float] = {}
+    bad: dict[str, float] = {}
+    modules = dict(model.named_modules())
+    for i, (name, shape) in enumerate(conv3d_inputs(model, input_shape).items()):
+        conv = modules[name]
+        assert isinstance(conv, nn.Conv3d)
+        if conv.kernel_size[0] == 1 or conv.padding_mode != "zeros":
+            continue  # the kernel bug is in depth; 1-deep kernels were never wrong
+        if thin_only and shape[2] >= conv.kernel_size[0]:
+            continue
+        key = (
+            type(conv),
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+            shape[1:],
+        )
+        if key not in errors:
+            errors[key] = _conv_error(conv, shape, channels_last, seed=i)
+        if errors[key] > BF16_TOLERANCE:
+            bad[name] = errors[key]
+    return bad
+
+
+# --------------------------------------------------------------------------- the plan
+@dataclass
+class ExecutionPlan:
+    """How ``fit`` runs the model: autocast dtype, layout, optimizer kernel, compile; ``notes`` say why."""
+
+    autocast_dtype: torch.dtype | None
+    channels_last: bool
+    fused_optimizer: bool
+    compile: bool = False
+    folded: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def input_shape(pre: PreprocessConfig, batch_size: int) -> tuple[int, ...] | None:
+    """``(B, C, D, H, W)`` of a training batch, or None when depth varies by scan (``depth_mode='keep'``)."""
+    depth = {"uniformize": pre.depth, "stack": pre.chunk_depth}.get(pre.depth_mode)
+    if depth is None:
+        return None
+    return (batch_size, pre.in_channels, depth, *pre.size_hw)
+
+
+def fused_optimizer_supported(device: torch.device) -> bool:
+    """``torch.optim.Adam(fused=True)`` exists for CPU and CUDA tensors."""
+    return device.type in ("cpu", "cuda")
+
+
+def plan_execution(
+    model: nn.Module,
+    device: torch.device,
+    *,
+    precision: str,
+    channels_last: bool | str,
+    compile: bool,
+    shape: tuple[int, ...] | None,
+) -> ExecutionPlan:
+    """Choose (and apply, for depth folding) the execution of ``model`` on ``device`` for ``shape`` batches.
+
+    Raises:
+        Bf16Unsupported: ``precision='bf16'`` on a CPU where a convolution of the model gives wrong
+            bf16 results even after depth folding.
+    """
+    notes: list[str] = []
+    dtype = resolve_precision(precision, device)
+    folded: list[str] = []
+    in_channels = shape[1] if shape else 1
+    depth = shape[2] if shape else None
+    layout = resolve_channels_last(channels_last, device, dtype, in_channels, depth)
+    if dtype == torch.bfloat16 and device.type == "cpu":
+        folded = fold_thin_convs(model)
+        if shape is not None:
+            bad = bf16_conv_mismatches(model, shape, channels_last=layout, thin_only=True)
+            if bad:
+                where = ", ".join(f"{k} (error {v:.3g})" for k, v in list(bad.items())[:4])
+                if precision == "bf16":
+                    raise Bf16Unsupported(
+                        f"train.precision='bf16' would train with wrong gradients on this CPU: the bf16 "
+                        f"convolution of {where} differs from fp32 at input {shape} (torch {torch.__version__}). "
+                        "Use precision='auto' or 'fp32'."
+                    )
+                notes.append(f"bf16 off: bf16 convolution differs from fp32 in {where}")
+                dtype = None
+                layout = resolve_channels_last(channels_last, device, dtype, in_channels, depth)
+            else:
+                notes.append("bf16 checked against fp32 on the thin 3D convolutions")
+    if dtype is not None:
+        notes.append(f"autocast {str(dtype).removeprefix('torch.')}")
+    if layout:
+        notes.append("channels_last_3d")
+    fused = fused_optimizer_supported(device)
+    return ExecutionPlan(dtype, layout, fused, compile, folded, notes)
