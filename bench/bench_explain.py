@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import platform
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ from ctcovid.data.synthetic import SynthCase, synth_case
 from ctcovid.io import write_nifti
 from ctcovid.models import create_model
 from ctcovid.predict import Predictor, explain
+from ctcovid.predict.explain import montage_png, restriction_mask
 from ctcovid.train.config import run_config_from_dict
 from ctcovid.train.run import fit
 
@@ -62,39 +64,21 @@ class Variant:
 
 
 VARIANTS = [
+    Variant("uniform over the lung field", {"uniform": "lungs"}),
     Variant("gradcam layer4", {"method": "gradcam", "layer": "layer4", "restrict": "none"}),
     Variant("gradcam layer3", {"method": "gradcam", "layer": "layer3", "restrict": "none"}),
-    Variant("gradcam layer2", {"method": "gradcam", "layer": "layer2", "restrict": "none"}),
-    Variant("gradcam layer1", {"method": "gradcam", "layer": "layer1", "restrict": "none"}),
-    Variant("gradcam layer2+3", {"method": "gradcam", "layer": "layer2+layer3", "restrict": "none"}),
-    Variant("gradcam++ layer3", {"method": "gradcam++", "layer": "layer3", "restrict": "none"}),
-    Variant("gradcam++ layer2", {"method": "gradcam++", "layer": "layer2", "restrict": "none"}),
-    Variant("gradcam layer3 body", {"method": "gradcam", "layer": "layer3", "restrict": "body"}),
-    Variant("gradcam layer2 body", {"method": "gradcam", "layer": "layer2", "restrict": "body"}),
-    Variant("gradcam++ layer2 body", {"method": "gradcam++", "layer": "layer2", "restrict": "body"}),
-    Variant("gradcam++ layer3 body", {"method": "gradcam++", "layer": "layer3", "restrict": "body"}),
-    Variant("layercam layer3 body", {"method": "layercam", "layer": "layer3", "restrict": "body"}),
-    Variant("layercam layer2 body", {"method": "layercam", "layer": "layer2", "restrict": "body"}),
-    Variant("layercam layer1 body", {"method": "layercam", "layer": "layer1", "restrict": "body"}),
-    Variant("layercam layer2+3 body", {"method": "layercam", "layer": "layer2+layer3", "restrict": "body"}),
-    Variant("layercam layer1+2+3 body", {"method": "layercam", "layer": "layer1+layer2+layer3", "restrict": "body"}),
-    Variant("gradxinput body s3", {"method": "gradxinput", "restrict": "body", "smooth_mm": 3.0}),
-    Variant("gradxinput1 body", {"method": "gradxinput", "restrict": "body", "smooth_mm": 6.0, "samples": 1}),
-    Variant("gradxinput body s10", {"method": "gradxinput", "restrict": "body", "smooth_mm": 10.0}),
-    Variant("smoothgrad body", {"method": "smoothgrad", "restrict": "body", "smooth_mm": 6.0}),
-    Variant("gradxinput body", {"method": "gradxinput", "restrict": "body", "smooth_mm": 6.0}),
-    Variant("ig body", {"method": "ig", "restrict": "body", "smooth_mm": 6.0}),
-    Variant("ig body s3", {"method": "ig", "restrict": "body", "smooth_mm": 3.0}),
-    Variant("ig body s0", {"method": "ig", "restrict": "body", "smooth_mm": 0.0}),
-    Variant("ig16 body s3", {"method": "ig", "restrict": "body", "smooth_mm": 3.0, "samples": 16}),
-    Variant("gradcam layer2 body m", {"method": "gradcam", "layer": "layer2", "restrict": "body", "score": "margin"}),
-    Variant("gradcam layer3 body m", {"method": "gradcam", "layer": "layer3", "restrict": "body", "score": "margin"}),
-    Variant("ig body s3 m", {"method": "ig", "restrict": "body", "smooth_mm": 3.0, "score": "margin"}),
-    Variant("ig lungs s3", {"method": "ig", "restrict": "lungs", "smooth_mm": 3.0}),
-    Variant("gradxinput1 lungs", {"method": "gradxinput", "restrict": "lungs", "smooth_mm": 3.0, "samples": 1}),
-    Variant("gradcam layer2 lungs", {"method": "gradcam", "layer": "layer2", "restrict": "lungs"}),
-    Variant("gradcam layer3 lungs", {"method": "gradcam", "layer": "layer3", "restrict": "lungs"}),
-    Variant("ig", {"method": "ig", "restrict": "none", "smooth_mm": 3.0}),
+    Variant("gradcam auto", {"method": "gradcam", "layer": "auto", "restrict": "none"}),
+    Variant("gradcam layer2+layer3", {"method": "gradcam", "layer": "layer2+layer3", "restrict": "none"}),
+    Variant("gradcam++ auto", {"method": "gradcam++", "layer": "auto", "restrict": "none"}),
+    Variant("gradcam auto, body", {"method": "gradcam", "layer": "auto", "restrict": "body"}),
+    Variant("gradcam layer3, lungs", {"method": "gradcam", "layer": "layer3", "restrict": "lungs"}),
+    Variant("gradcam auto, lungs", {"method": "gradcam", "layer": "auto", "restrict": "lungs"}),
+    Variant("gradxinput, body", {"method": "gradxinput", "restrict": "body"}),
+    Variant("ig zero baseline, body", {"method": "ig", "restrict": "body", "baseline": "zero"}),
+    Variant("ig, body", {"method": "ig", "restrict": "body"}),
+    Variant("gradxinput, lungs", {"method": "gradxinput", "restrict": "lungs"}),
+    Variant("ig zero baseline, lungs", {"method": "ig", "restrict": "lungs", "baseline": "zero"}),
+    Variant("ig, lungs (default)", {}),
 ]
 
 
@@ -104,7 +88,9 @@ def synth(label: str, rng: np.random.Generator, shape: tuple[int, int, int]) -> 
     return synth_case(label, rng=rng, shape=shape, severity_score=score)
 
 
-def write_cohort(root: Path, labels: tuple[str, ...], n_per_class: int, seed: int, shape: tuple[int, int, int]) -> Path:
+def write_cohort(
+    root: Path, labels: tuple[str, ...], n_per_class: int, seed: int, shape: tuple[int, int, int]
+) -> Path:
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n_per_class):
@@ -112,7 +98,11 @@ def write_cohort(root: Path, labels: tuple[str, ...], n_per_class: int, seed: in
             case = synth(label, rng, shape)
             scan_id = f"{label}_{i}"
             write_nifti(case.volume, root / f"{scan_id}.nii.gz")
-            rows.append(ManifestRow(scan_id, f"p_{scan_id}", f"{scan_id}.nii.gz", label, format="nifti", n_slices=shape[0]))
+            rows.append(
+                ManifestRow(
+                    scan_id, f"p_{scan_id}", f"{scan_id}.nii.gz", label, format="nifti", n_slices=shape[0]
+                )
+            )
     return write_manifest(rows, root / "manifest.csv")
 
 
@@ -165,19 +155,21 @@ def score(heat: np.ndarray, case: SynthCase, dilate_mm: float) -> dict[str, floa
     }
 
 
-def measure(predictor: Predictor, cases: list[SynthCase], variant: Variant, dilate_mm: float, save: str) -> dict[str, float]:
+def measure(
+    predictor: Predictor, cases: list[SynthCase], variant: Variant, dilate_mm: float, save: str
+) -> dict[str, float]:
     rows = []
     t0 = time.perf_counter()
-    import ctcovid.predict.explain as ex
-
-    kwargs = dict(variant.kwargs)
-    ex.SCORE = kwargs.pop("score", "logit")
     for c in cases:
-        e = explain(predictor, c.volume, target=c.label, **kwargs)
+        if "uniform" in variant.kwargs:  # a reference: what the restriction alone gives
+            inside = restriction_mask(c.volume, predictor.preprocess_config, variant.kwargs["uniform"])
+            rows.append(
+                score(np.ones(c.volume.shape) if inside is None else inside.astype(np.float32), c, dilate_mm)
+            )
+            continue
+        e = explain(predictor, c.volume, target=c.label, **variant.kwargs)
         rows.append(score(e.heat, c, dilate_mm))
         if save and len(rows) == 1:
-            from ctcovid.predict.explain import montage_png
-
             out = Path(save)
             out.mkdir(parents=True, exist_ok=True)
             stem = out / f"{c.label}_{variant.name.replace(' ', '_')}"
@@ -202,7 +194,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--dilate-mm", type=float, default=5.0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--variants", default="", help="comma-separated variant names (default: all)")
+    ap.add_argument("--variants", default="", help="variant names separated by ';' (default: all)")
     ap.add_argument("--work", default="", help="folder for the cohort and the run (default: a temporary one)")
     ap.add_argument("--save", default="", help="folder for montages of the first lesion test scan")
     ap.add_argument("--no-control", action="store_true", help="skip the untrained control")
@@ -210,14 +202,14 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.train, args.test, args.epochs, args.size, args.depth = 4, 1, 1, 32, 8
-    import tempfile
-
     tmp = None
     if not args.work:
         tmp = tempfile.TemporaryDirectory()
         args.work = tmp.name
     work = Path(args.work)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     print(
         f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
         f"threads {torch.get_num_threads()}, commit {commit or '?'}"
@@ -236,20 +228,25 @@ def main() -> None:
     net = create_model(args.model, num_classes=len(labels)).eval()
     ckpt = make_checkpoint(net, name=args.model, kwargs={"num_classes": len(labels)}, labels=list(labels),
                            task="diagnosis", preprocess=trained.preprocess_config.to_dict())  # fmt: skip
-    models = [("trained", trained)] + ([] if args.no_control else [("untrained", Predictor.from_checkpoint(ckpt))])
-    wanted = [v for v in VARIANTS if not args.variants or v.name in args.variants.split(",")]
+    models = [("trained", trained)] + (
+        [] if args.no_control else [("untrained", Predictor.from_checkpoint(ckpt))]
+    )
+    wanted = [v for v in VARIANTS if not args.variants or v.name in args.variants.split(";")]
     cols = ["in", "in+", "area+", "enr", "lung", "hot+", "point", "s/scan"]
     print(f"lesion mask dilated +{args.dilate_mm:g} mm for in+/area+/enr/lung/point")
-    header = f"| variant | {' | '.join(cols)} | control in / in+ / enr / point |"
+    header = f"| variant | {' | '.join(cols)} | untrained: in / enr / hot+ / point |"
     print(header)
     print("|" + " --- |" * (len(cols) + 2))
     for v in wanted:
-        res = {name: measure(p, lesion_cases, v, args.dilate_mm, args.save if name == "trained" else "") for name, p in models}
+        res = {
+            name: measure(p, lesion_cases, v, args.dilate_mm, args.save if name == "trained" else "")
+            for name, p in (models[:1] if "uniform" in v.kwargs else models)
+        }
         t = res["trained"]
         row = f"| {v.name} | " + " | ".join(f"{t[c]:.2f}" for c in cols)
         if "untrained" in res:
             u = res["untrained"]
-            row += f" | {u['in']:.2f} / {u['in+']:.2f} / {u['enr']:.2f} / {u['point']:.2f} |"
+            row += f" | {u['in']:.2f} / {u['enr']:.2f} / {u['hot+']:.2f} / {u['point']:.2f} |"
         else:
             row += " | - |"
         print(row, flush=True)

@@ -10,11 +10,12 @@ import torch
 from torch import nn
 
 from ctcovid.cli import main
-from ctcovid.data.synthetic import SynthCase
+from ctcovid.data.phantom import LUNG_TISSUES
+from ctcovid.data.synthetic import SynthCase, synth_case
 from ctcovid.errors import CtcovidError
 from ctcovid.io import load_volume, write_nifti
 from ctcovid.predict import Predictor, explain, to_input_grid
-from ctcovid.predict.explain import cam_maps
+from ctcovid.predict.explain import attribution_maps, cam_maps, resolve_layers, restriction_mask
 from ctcovid.preprocess import CropBox, PreprocessConfig, build_pipeline
 from ctcovid.types import Volume
 
@@ -89,6 +90,73 @@ def test_cam_is_the_class_evidence_of_a_model_with_a_known_answer(method: str) -
     assert cam_maps(_Toy(), x, target=1, layer="layer4", method=method).max() == 0
 
 
+class _Linear(nn.Module):
+    """logits = (sum(w * x), -sum(w * x)): integrated gradients must return (x - b) * w exactly."""
+
+    def __init__(self, w: torch.Tensor) -> None:
+        super().__init__()
+        self.w = nn.Parameter(w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = (self.w * x).sum(dim=(1, 2, 3, 4))
+        return torch.stack([y, -y], dim=1)
+
+
+@pytest.mark.parametrize("method", ["ig", "gradxinput"])
+def test_attribution_of_a_linear_model_is_its_evidence_against_the_baseline(method: str) -> None:
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.rand(2, 1, 3, 4, 5, generator=gen), torch.randn(1, 1, 3, 4, 5, generator=gen)
+    got = attribution_maps(_Linear(w), x, target=0, method=method, steps=4, baseline=0.25)
+    np.testing.assert_allclose(
+        got.numpy(), torch.relu((x - 0.25) * w).sum(dim=1).numpy(), rtol=1e-5, atol=1e-6
+    )
+    assert attribution_maps(_Linear(w), x, target=1, method=method, baseline=x).max() == 0  # no evidence
+
+
+class _Stages(nn.Module):
+    """The grid geometry of a 3D ResNet (stem /2 in z, /4 in-plane; each later stage /2), for pennies."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv3d(1, 2, 3, stride=(2, 4, 4), padding=1)
+        self.layer1 = nn.Conv3d(2, 2, 3, padding=1)
+        self.layer2, self.layer3, self.layer4 = (nn.Conv3d(2, 2, 3, stride=2, padding=1) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+        return x.mean(dim=(2, 3, 4))
+
+
+def test_the_automatic_layer_is_the_deepest_with_a_fine_enough_grid() -> None:
+    predictor = Predictor(_Stages(), labels=["a", "b"], preprocess=PreprocessConfig())
+    # AUTO_MIN_GRID is 4 x 8 x 8, capped at a quarter of the input (depth-4 chunks: 1 cell in z).
+    assert resolve_layers(predictor, None, (1, 8, 32, 32)) == ["layer1"]  # layer1: 4 x 8 x 8
+    assert resolve_layers(predictor, "auto", (1, 24, 96, 96)) == ["layer2"]  # 6 x 12 x 12; layer3: 3 x 6 x 6
+    assert resolve_layers(predictor, None, (1, 32, 128, 128)) == ["layer3"]
+    assert resolve_layers(predictor, None, (1, 4, 64, 64)) == ["layer2"]  # 1 x 8 x 8
+    assert resolve_layers(predictor, None, (1, 2, 8, 8)) == ["layer1"]  # nothing fits: the shallowest
+    assert resolve_layers(predictor, "layer2 + layer3", (1, 8, 32, 32)) == ["layer2", "layer3"]
+
+
+def test_the_lung_field_holds_the_lungs_and_a_consolidated_lobe_but_little_else() -> None:
+    c = synth_case("CP", rng=np.random.default_rng(3), shape=(24, 80, 80))
+    field = restriction_mask(c.volume, PreprocessConfig(), "lungs")
+    body = restriction_mask(c.volume, PreprocessConfig(), "body")
+    assert field is not None and body is not None and (field <= body).all()
+    lungs = np.isin(c.tissue, [int(t) for t in LUNG_TISSUES]) | c.lesion_mask
+    assert (field & c.lesion_mask).sum() > 0.9 * c.lesion_mask.sum()  # as dense as the heart, yet inside
+    assert (field & lungs).sum() > 0.95 * lungs.sum()
+    assert field.sum() < 0.6 * body.sum()
+
+
+def test_heat_stays_inside_the_lung_field(make_ckpt, case: SynthCase) -> None:
+    predictor = Predictor.from_checkpoint(make_ckpt())
+    e = explain(predictor, case.volume, method="gradxinput")  # restrict="lungs" by default
+    inside = restriction_mask(case.volume, predictor.preprocess_config, "lungs")
+    assert inside is not None and e.heat.max() == 1.0 and e.layer == "input"
+    assert not e.heat[~inside].any()
+
+
 def test_explain_stitches_chunks_and_writes_a_heatmap_that_overlays_the_input(
     make_ckpt, case: SynthCase, scan_files: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -116,7 +184,13 @@ def test_explain_refuses_an_unknown_class_or_layer(make_ckpt, case: SynthCase) -
     with pytest.raises(CtcovidError, match="unknown target class 'COVID'"):
         explain(predictor, case.volume, target="COVID")
     with pytest.raises(CtcovidError, match="layer 'layer9' not found"):
-        explain(predictor, case.volume, layer="layer9")
+        explain(predictor, case.volume, method="gradcam", layer="layer9")
+    with pytest.raises(CtcovidError, match="unknown explanation method 'shap'; valid: ig, gradxinput"):
+        explain(predictor, case.volume, method="shap")
+    with pytest.raises(CtcovidError, match="applies to gradcam and gradcam\\+\\+ only"):
+        explain(predictor, case.volume, method="ig", layer="layer3")
+    with pytest.raises(CtcovidError, match="unknown restriction 'liver'; valid: lungs, body, none"):
+        explain(predictor, case.volume, restrict="liver")
 
 
 def test_explaining_does_not_disturb_a_concurrent_prediction(make_ckpt, case: SynthCase) -> None:
@@ -125,13 +199,13 @@ def test_explaining_does_not_disturb_a_concurrent_prediction(make_ckpt, case: Sy
     results: list[dict[str, float]] = []
 
     def predict_many() -> None:
-        for _ in range(6):
+        for _ in range(4):
             results.append(predictor.predict(case.volume).probs)
 
     t = threading.Thread(target=predict_many)
     t.start()
-    for _ in range(3):
-        explain(predictor, case.volume, layer="layer3")
+    for _ in range(2):
+        explain(predictor, case.volume, method="gradcam", layer="layer2+layer3")  # hooks on two layers
     t.join()
     for r in results:
         np.testing.assert_allclose(list(r.values()), list(ref.values()), atol=1e-6)
