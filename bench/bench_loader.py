@@ -115,7 +115,7 @@ def loader_rate(ds: CachedDataset, batch_size: int, workers: int, samples: int) 
     seen, epoch = 0, 0
     t_start = time.perf_counter()
     first = steady_t0 = None
-    while seen < samples + batch_size:
+    while seen < samples:
         sampler.set_epoch(epoch)
         ds.set_epoch(epoch)
         loader = DataLoader(ds, batch_sampler=sampler, num_workers=workers)
@@ -211,7 +211,7 @@ def main() -> None:
         print(f"\n## {name}: samples {tuple(x0.shape)}, batch {batch}, {len(plain)} samples in the cache "
               f"(built {built} entries in {time.perf_counter() - t0:.0f} s)")  # fmt: skip
         train, notes = train_rate(shape, 2 if args.quick else 3)
-        print(f"training consumes {train:.2f} samples/s (r3d_18 step, {notes}; fused Adam)")
+        print(f"training consumes {train:.2f} samples/s (r3d_18 step, {notes or 'fp32'}; fused Adam)")
         print(f"{'loader':<22} {'samples/s':>10} {'x training':>11} {'first batch s':>14}")
         rates = []
         for aug in (False, True):

@@ -79,12 +79,16 @@ def test_fold_thin_convs_keeps_parameters_state_dict_and_identity() -> None:
     assert all(torch.equal(net.state_dict()[k], v) for k, v in before.items())
 
 
-def test_folded_model_gives_the_same_fp32_result_and_folds_only_under_bf16() -> None:
+def test_folded_model_gives_the_fp32_result_and_its_gradients() -> None:
     net = _small_net().eval()
     folded = copy.deepcopy(net)
     speed.fold_thin_convs(folded)
     x = torch.randn(2, 1, 4, 6, 6)
-    assert torch.equal(folded(x), net(x))  # fp32: the usual conv3d path, bit for bit
+    torch.testing.assert_close(folded(x), net(x))  # net[4] sees 2 slices: folded in fp32 too
+    grads = [torch.autograd.grad(m(x).square().sum(), m[4].weight)[0] for m in (folded, net)]
+    torch.testing.assert_close(grads[0], grads[1])
+    thick = torch.randn(2, 1, 8, 6, 6)  # nothing thinner than a kernel: the usual conv3d, bit for bit
+    assert torch.equal(folded(thick), net(thick))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         a, b = folded(x).float(), net(x).float()
     torch.testing.assert_close(a, b, atol=0.05, rtol=0.05)
@@ -121,12 +125,19 @@ def test_bf16_check_names_a_wrong_convolution() -> None:
     assert speed.bf16_conv_mismatches(net, (1, 1, 4, 4, 4), thin_only=True) == {}  # 4 slices >= kernel 3
 
 
-def test_auto_precision_is_bf16_only_where_the_device_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_precision_is_bf16_only_on_cuda_and_cpu_bf16_is_opt_in(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: True)
-    assert speed.resolve_precision("auto", CPU) == torch.bfloat16
+    assert speed.resolve_precision("auto", CPU) is None  # not a CPU default until its accuracy is checked
+    with caplog.at_level("WARNING", logger="ctcovid.train.speed"):
+        assert speed.resolve_precision("bf16", CPU) == torch.bfloat16
+    assert not caplog.records
     monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: False)
     assert speed.resolve_precision("auto", CPU) is None
-    assert speed.resolve_precision("bf16", CPU) == torch.bfloat16  # asked for: given
+    with caplog.at_level("WARNING", logger="ctcovid.train.speed"):
+        assert speed.resolve_precision("bf16", CPU) == torch.bfloat16  # asked for: given, with a warning
+    assert "emulates" in caplog.text
     assert speed.resolve_precision("fp32", CPU) is None
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
@@ -187,31 +198,32 @@ def test_plan_folds_checks_and_uses_bf16_with_fused_adam(monkeypatch: pytest.Mon
     monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: True)
     net = _small_net()
     plan = speed.plan_execution(
-        net, CPU, precision="auto", channels_last="auto", compile=False, shape=(2, 1, 4, 8, 8)
+        net, CPU, precision="bf16", channels_last="auto", compile=False, shape=(2, 1, 4, 8, 8)
     )
     assert plan.autocast_dtype == torch.bfloat16 and plan.channels_last and plan.fused_optimizer
     assert plan.folded == ["0", "3", "4"]
+    assert "bf16 checked against fp32 on the thin 3D convolutions" in plan.notes
 
 
-def test_plan_falls_back_to_fp32_or_refuses_bf16_when_the_check_fails(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_plan_refuses_bf16_when_the_check_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setattr(speed, "bf16_conv_mismatches", lambda *a, **k: {"layer4.0.conv2": 3.0})
     plan = speed.plan_execution(_small_net(), CPU, precision="auto", channels_last="auto", compile=False,
                                 shape=(2, 1, 4, 8, 8))  # fmt: skip
-    assert plan.autocast_dtype is None and not plan.channels_last
-    assert any("layer4.0.conv2" in n for n in plan.notes)
+    assert plan.autocast_dtype is None and not plan.channels_last  # auto never takes bf16 on a CPU
     with pytest.raises(speed.Bf16Unsupported, match="layer4.0.conv2.*precision='auto' or 'fp32'"):
         speed.plan_execution(_small_net(), CPU, precision="bf16", channels_last=False, compile=False,
                              shape=(2, 1, 4, 8, 8))  # fmt: skip
 
 
-def test_plan_on_a_cpu_without_bf16_stays_fp32_and_unfolded(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_plan_on_a_cpu_without_bf16_stays_fp32_and_folds_thin_convs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: False)
     net = _small_net()
     plan = speed.plan_execution(
         net, CPU, precision="auto", channels_last="auto", compile=False, shape=(2, 1, 4, 8, 8)
     )
-    assert plan.autocast_dtype is None and not plan.channels_last and plan.folded == []
-    assert type(net[0]) is nn.Conv3d
+    assert plan.autocast_dtype is None and not plan.channels_last and plan.fused_optimizer
+    assert plan.folded == ["0", "3", "4"] and isinstance(net[4], speed.DepthFoldedConv3d)
+    assert any("1 of 4 3D convolutions" in n for n in plan.notes)  # net[4] sees 2 slices

@@ -61,7 +61,7 @@ class TrainConfig:
     sampler: Literal["shuffle", "class_uniform"] = "shuffle"
     loss: Literal["ce", "weighted_ce"] = "ce"
     augment: bool = True
-    # auto: bf16 where the device computes it natively and it passes a check against fp32, else fp32
+    # auto: bf16 on CUDA with bf16, fp32 elsewhere; bf16 on a CPU is checked against fp32 (train/speed.py)
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "auto"
     channels_last: bool | Literal["auto"] = "auto"  # auto: on for bf16 on CPU (measured), off elsewhere
     compile: bool = False  # torch.compile the model (slower to start; no gain measured on CPU)

@@ -3,8 +3,12 @@
 Every rule here comes from a measurement on this project's machines (``bench/bench_train_step.py``,
 figures in ``bench/RESULTS.md``):
 
-* **bf16 autocast** where the hardware computes bf16 natively (CUDA with bf16; CPUs with
-  AVX512-BF16 or AMX): 2-3x faster training steps of the 3D ResNets on a Zen 4 CPU.
+* **bf16 autocast**: ``precision="auto"`` takes it on CUDA GPUs with bf16. On CPUs it is opt-in
+  (``precision="bf16"``): with native bf16 (AVX512-BF16 or AMX) it made the 3D ResNets' training
+  steps 2.4-9x faster on a Zen 5 CPU, but the issue's accuracy check (the synthetic demo trained
+  in bf16 reaching fp32's accuracy) has not yet been run on such a CPU, so it is not a default
+  there. Without native bf16 (AVX2 only, e.g. Zen 3) torch emulates it: conv3d ran at 0.13 GFLOP/s
+  against 80 in fp32 (~600x slower), and asking for it logs a warning.
 * **Depth folding.** torch 2.13's CPU bf16 ``conv3d`` (oneDNN 3.12) returns wrong weight gradients
   (garbage, inf or NaN) when the input is thinner than the kernel in depth, ``stride < D < kernel``
   (and for ``D == 1`` with one channel in channels-last layout), and corrupts the heap for some of
@@ -12,11 +16,16 @@ figures in ``bench/RESULTS.md``):
   volumes: the last stage of a 3D ResNet on 24 slices sees ``D == 2``. Such a convolution is
   computed instead as a 2D convolution over depth folded into channels
   (:func:`fold_depth_conv3d`): the same sum of products, exact up to rounding, and no slower.
+  In fp32 the fold is done too, for speed: oneDNN's conv3d spends time on the kernel taps that
+  fall on depth padding, the folded 2D convolution does not. Measured on a Zen 3 core (AVX2, no
+  bf16), forward + backward of each thin convolution of r3d_18 and R(2+1)D-18 at 8x3x4x224x224
+  is 1.04-4.75x faster folded, the r3d_18 training step 1.38x.
 * **A numerical check before bf16 is used** (:func:`bf16_conv_mismatches`): each distinct 3D
   convolution of the model, at the shape it will see, is run once in bf16 and compared with fp32;
   ``precision="auto"`` falls back to fp32 if any differs by more than rounding.
-* **channels_last_3d** with bf16 on CPU: 4% faster at 40 slices, nothing to gain in fp32; never
-  for the inputs of the known heap-corruption case (3+ channels, 4 slices).
+* **channels_last_3d** with bf16 on CPU: 4% faster at 40 slices; never for the inputs of the known
+  heap-corruption case (3+ channels, 4 slices). Not in fp32, where it wins for some models and
+  loses for others (see :func:`resolve_channels_last`).
 * **Fused Adam/AdamW** (``fused=True``): the optimizer step of a 33M-parameter network takes 21 ms
   instead of 156 ms on one core.
 
@@ -81,13 +90,19 @@ def native_bf16(device: torch.device) -> bool:
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``train.precision`` (None: fp32), before the numerical check.
 
-    ``"auto"`` is bf16 where the device computes it natively and fp32 elsewhere.
+    ``"auto"`` is bf16 on CUDA devices that support it and fp32 elsewhere: on CPUs bf16 is opt-in
+    (see the module docstring), and asking for it on a CPU without native bf16 logs a warning.
     """
     if precision == "auto":
-        return torch.bfloat16 if native_bf16(device) else None
+        return torch.bfloat16 if device.type == "cuda" and native_bf16(device) else None
     if precision not in PRECISIONS:
         raise ConfigError(
             f"train.precision={precision!r} is not one of {', '.join(map(repr, [*PRECISIONS, 'auto']))}"
+        )
+    if precision == "bf16" and device.type == "cpu" and not native_bf16(device):
+        log.warning(
+            "train.precision='bf16' on a CPU without native bf16 (no AVX512-BF16/AMX): torch emulates it, "
+            "measured ~600x slower than fp32 for conv3d; use 'fp32' or 'auto'"
         )
     return PRECISIONS[precision]
 
@@ -114,7 +129,11 @@ def channels_last_crash_case(
 def resolve_channels_last(
     setting: bool | str, device: torch.device, dtype: torch.dtype | None, in_channels: int, depth: int | None
 ) -> bool:
-    """``train.channels_last``: true/false, or "auto" (on for bf16 on CPU, where it was measured to win)."""
+    """``train.channels_last``: true/false, or "auto" (on for bf16 on CPU, where it was measured to win).
+
+    Not for fp32 (measured on a Zen 3 core at 1x1x40x128x128: r3d_18 steps 1.10x faster, r3d_50
+    steps 0.86x, i.e. slower; with folded convolutions 0.85x).
+    """
     if setting == "auto":
         wanted = device.type == "cpu" and dtype == torch.bfloat16
     elif isinstance(setting, bool):
@@ -192,19 +211,15 @@ def fold_depth_conv3d(
     return y
 
 
-def _bf16_on_cpu(x: torch.Tensor) -> bool:
-    if x.device.type != "cpu":
-        return False
-    if x.dtype == torch.bfloat16:
-        return True
+def _bf16_autocast_on_cpu() -> bool:
     return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
 class DepthFoldedConv3d(nn.Conv3d):
-    """An ``nn.Conv3d`` that, in bf16 on CPU, folds inputs thinner than its kernel into a 2D convolution.
+    """An ``nn.Conv3d`` that, on CPU, folds inputs thinner than its kernel into a 2D convolution.
 
     Same parameters and state dict as ``nn.Conv3d``; other inputs and devices take the usual path.
-    See the module docstring for the torch bug this avoids.
+    See the module docstring for the torch bug this avoids in bf16 and the speed it gains in fp32.
     """
 
     def _conv_forward(
@@ -215,9 +230,9 @@ class DepthFoldedConv3d(nn.Conv3d):
             and not isinstance(self.padding, str)
             and input.dim() == 5
             and input.shape[2] < self.kernel_size[0]
-            and _bf16_on_cpu(input)
+            and input.device.type == "cpu"
         ):
-            if torch.is_autocast_enabled("cpu"):
+            if _bf16_autocast_on_cpu():
                 # Autocast does not see inside this function's ops as one conv3d; cast as it would.
                 input, weight = input.to(torch.bfloat16), weight.to(torch.bfloat16)
                 bias = bias.to(torch.bfloat16) if bias is not None else None
@@ -318,8 +333,19 @@ def _conv_error(conv: nn.Conv3d, shape: tuple[int, ...], channels_last: bool, se
     return max(errors)
 
 
+def thin_convs(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> list[str]:
+    """Names of the 3D convolutions whose input (``shapes``, from :func:`conv3d_inputs`) is thinner than the kernel."""
+    modules = dict(model.named_modules())
+    return [n for n, s in shapes.items() if s[2] < modules[n].kernel_size[0]]  # type: ignore[index]
+
+
 def bf16_conv_mismatches(
-    model: nn.Module, input_shape: tuple[int, ...], *, channels_last: bool = False, thin_only: bool = False
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    *,
+    channels_last: bool = False,
+    thin_only: bool = False,
+    shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> dict[str, float]:
     """3D convolutions of ``model`` whose bf16 autocast result on CPU is wrong at ``input_shape``.
 
@@ -328,12 +354,15 @@ def bf16_conv_mismatches(
     ``{module name: relative error}`` for those beyond :data:`BF16_TOLERANCE`; empty when all
     agree. Costs about one training step of the model at batch 1; with ``thin_only`` only the
     convolutions whose input is thinner than their kernel (the ones the torch bug hits, which
-    :class:`DepthFoldedConv3d` computes its own way) are checked, which is cheap.
+    :class:`DepthFoldedConv3d` computes its own way) are checked, which is cheap. ``shapes``:
+    the result of :func:`conv3d_inputs` for ``input_shape``, when already known.
     """
     errors: dict[tuple[Any, ...], float] = {}
     bad: dict[str, float] = {}
     modules = dict(model.named_modules())
-    for i, (name, shape) in enumerate(conv3d_inputs(model, input_shape).items()):
+    if shapes is None:
+        shapes = conv3d_inputs(model, input_shape)
+    for i, (name, shape) in enumerate(shapes.items()):
         conv = modules[name]
         assert isinstance(conv, nn.Conv3d)
         if conv.kernel_size[0] == 1 or conv.padding_mode != "zeros":
@@ -405,24 +434,28 @@ def plan_execution(
     folded: list[str] = []
     in_channels = shape[1] if shape else 1
     depth = shape[2] if shape else None
-    layout = resolve_channels_last(channels_last, device, dtype, in_channels, depth)
-    if dtype == torch.bfloat16 and device.type == "cpu":
+    shapes: dict[str, tuple[int, ...]] | None = None
+    if device.type == "cpu":
         folded = fold_thin_convs(model)
         if shape is not None:
-            bad = bf16_conv_mismatches(model, shape, channels_last=layout, thin_only=True)
-            if bad:
-                where = ", ".join(f"{k} (error {v:.3g})" for k, v in list(bad.items())[:4])
-                if precision == "bf16":
-                    raise Bf16Unsupported(
-                        f"train.precision='bf16' would train with wrong gradients on this CPU: the bf16 "
-                        f"convolution of {where} differs from fp32 at input {shape} (torch {torch.__version__}). "
-                        "Use precision='auto' or 'fp32'."
-                    )
-                notes.append(f"bf16 off: bf16 convolution differs from fp32 in {where}")
-                dtype = None
-                layout = resolve_channels_last(channels_last, device, dtype, in_channels, depth)
-            else:
-                notes.append("bf16 checked against fp32 on the thin 3D convolutions")
+            shapes = conv3d_inputs(model, shape)
+            n_thin = len(thin_convs(model, shapes))
+            if n_thin:
+                notes.append(
+                    f"{n_thin} of {len(shapes)} 3D convolutions see inputs thinner than their kernel: folded into 2D"
+                )
+    layout = resolve_channels_last(channels_last, device, dtype, in_channels, depth)
+    if dtype == torch.bfloat16 and device.type == "cpu" and shape is not None:
+        bad = bf16_conv_mismatches(model, shape, channels_last=layout, thin_only=True, shapes=shapes)
+        if bad:
+            # Only an explicit 'bf16' reaches here ('auto' is fp32 on CPUs): refuse rather than train wrong.
+            where = ", ".join(f"{k} (error {v:.3g})" for k, v in list(bad.items())[:4])
+            raise Bf16Unsupported(
+                f"train.precision='bf16' would train with wrong gradients on this CPU: the bf16 "
+                f"convolution of {where} differs from fp32 at input {shape} (torch {torch.__version__}). "
+                "Use precision='auto' or 'fp32'."
+            )
+        notes.append("bf16 checked against fp32 on the thin 3D convolutions")
     if dtype is not None:
         notes.append(f"autocast {str(dtype).removeprefix('torch.')}")
     if layout:
