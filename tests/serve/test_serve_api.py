@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import subprocess
 import sys
 import warnings
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from ctcovid.predict import Predictor
+from ctcovid.predict.explain import CAM_METHODS
 
 pytest.importorskip("fastapi", reason="the API needs the serve extra: pip install 'ctcovid[serve]'")
 
@@ -53,6 +55,14 @@ def test_health_model_docs_and_page(client) -> None:
     assert "multipart/form-data" in paths["/v1/predict"]["post"]["requestBody"]["content"]
     page = client.get("/").text
     assert 'id="file"' in page and "v1/explain" in page and "http" not in page.split("<script>")[1]
+    # The page offers every explanation method the API accepts, the API's default preselected.
+    params = {p["name"]: p for p in paths["/v1/explain"]["post"]["parameters"]}
+    assert (
+        params["method"]["schema"]["default"] == "ig" and params["restrict"]["schema"]["default"] == "lungs"
+    )
+    select = page.split('<select id="method">')[1].split("</select>")[0]
+    assert re.findall(r'value="([^"]+)"', select) == list(CAM_METHODS)
+    assert '<option value="ig" selected>' in select
 
 
 def test_nifti_and_zipped_dicom_uploads_give_the_predictor_s_answer(
@@ -74,6 +84,10 @@ def test_explain_returns_probabilities_and_a_montage(client, uploads) -> None:
     body = r.json()
     assert body["method"] == "gradcam++" and body["target"] == body["prediction"]["label"]
     assert base64.b64decode(body["montage_png"])[:4] == b"\x89PNG"
+    default = _post(client, uploads["nifti"], "/v1/explain").json()
+    assert default["method"] == "ig" and default["layer"] == "input"  # as `ctcovid explain`
+    unknown = _post(client, uploads["nifti"], "/v1/explain?method=shap")
+    assert unknown.status_code == 422 and "method" in unknown.text
     png = _post(client, uploads["nifti"], "/v1/explain?format=png&target=Normal")
     assert png.headers["content-type"] == "image/png" and png.headers["x-ctcovid-target"] == "Normal"
     nifti = _post(client, uploads["nifti"], "/v1/explain?format=nifti")

@@ -138,17 +138,22 @@ def test_upload_page_shows_probabilities_and_the_montage(
         root = browser.send("DOM.getDocument")["root"]["nodeId"]
         node = browser.send("DOM.querySelector", {"nodeId": root, "selector": "#file"})["nodeId"]
         browser.send("DOM.setFileInputFiles", {"nodeId": node, "files": [str(scan)]})
+        assert browser.js("document.getElementById('method').value") == "ig"  # the API's default
+        # Grad-CAM's blobs cover the lungs even for this untrained model: a colourful screenshot.
+        browser.js("document.getElementById('method').value = 'gradcam'")
         browser.js("document.getElementById('go').click()")
         browser.wait_for("['done', 'error'].includes(document.getElementById('status').dataset.state)")
         status = browser.js("document.getElementById('status').textContent")
         assert browser.js("document.getElementById('status').dataset.state") == "done", status
         label = browser.js("document.getElementById('label').textContent")
+        task = browser.js("document.getElementById('task').textContent")
         rows = browser.js("[...document.querySelectorAll('#probs tr')].map(r => r.textContent)")
         natural = browser.js("document.getElementById('montage').naturalWidth")
         shot = base64.b64decode(browser.send("Page.captureScreenshot", {"format": "png"})["data"])
     finally:
         browser.close()
     assert label in ("NCP", "CP", "Normal")
+    assert "gradcam on layer" in task, task  # the choice reached the API
     assert len(rows) == 3 and all("%" in r for r in rows)
     assert natural > 300  # the montage image decoded
     out = Path(os.environ.get("CTCOVID_SCREENSHOT_DIR", tmp_path)) / "serve_page.png"
@@ -157,6 +162,7 @@ def test_upload_page_shows_probabilities_and_the_montage(
 
     img = np.asarray(Image.open(io.BytesIO(shot)).convert("RGB")).astype(int)
     assert img.shape[0] >= 600 and img.shape[1] >= 800
-    # The heatmap overlay is colourful (jet over gray CT); a page without the montage is not.
+    # The heatmap overlay is colourful (jet over gray CT); a page without the montage is not (its
+    # blue bars and button make ~0.4 % of the pixels; the lung-field overlay ~6 %).
     saturation = img.max(axis=2) - img.min(axis=2)
-    assert (saturation > 40).mean() > 0.1
+    assert (saturation > 40).mean() > 0.03

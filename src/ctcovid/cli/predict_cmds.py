@@ -90,14 +90,36 @@ def _write_csv(path: Path, preds: list[Any], labels: list[str]) -> None:
 
 
 # --------------------------------------------------------------------------- explain
+#: ctcovid.predict.explain.METHODS, spelled out so that ``--help`` needs no torch (a test keeps them equal).
+EXPLAIN_METHODS = ["ig", "gradxinput", "gradcam", "gradcam++"]
+
+
 def _add_explain(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", metavar="PATH", help="one scan, or a folder of scans (as for predict)")
     _add_model_args(p)
     p.add_argument(
         "--out", required=True, metavar="DIR", help="folder for heatmaps (NIfTI), montages (PNG), JSON"
     )
-    p.add_argument("--method", choices=["gradcam", "gradcam++"], default="gradcam")
-    p.add_argument("--layer", default=None, help="layer to hook (default: the model's, layer4)")
+    p.add_argument(
+        "--method",
+        choices=EXPLAIN_METHODS,
+        default="ig",
+        help="ig (default): integrated gradients at the input's resolution (8 passes); gradxinput: "
+        "gradient x input (one pass); gradcam, gradcam++: class activation maps on --layer (coarse "
+        "blobs); localization figures in bench/RESULTS.md",
+    )
+    p.add_argument(
+        "--layer",
+        default=None,
+        help="gradcam and gradcam++ only: layer to hook, 'a+b' for several (default: auto, the "
+        "deepest stage with a grid of at least 4x8x8, e.g. layer2 of a 3D ResNet at 24x96x96)",
+    )
+    p.add_argument(
+        "--restrict",
+        choices=["lungs", "body", "none"],
+        default="lungs",
+        help="keep heat only inside the lung field (default), the body, or anywhere",
+    )
     p.add_argument(
         "--target", default=None, metavar="CLASS", help="class to explain (default: the predicted one)"
     )
@@ -123,6 +145,7 @@ def _run_explain(args: argparse.Namespace) -> int:
                         method=args.method,
                         layer=args.layer,
                         target=args.target,
+                        restrict=args.restrict,
                     )
                 files = e.save(args.out, safe_stem(scan_id), n_slices=args.slices)
             except Exception as err:  # report and go on with the other scans
@@ -210,7 +233,11 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "predict": ("predict the label of one or many scans with a checkpoint", _add_predict, _run_predict),
-    "explain": ("Grad-CAM heatmaps (NIfTI on the input scan) and PNG montages", _add_explain, _run_explain),
+    "explain": (
+        "heatmaps (integrated gradients or Grad-CAM) as NIfTI on the input scan, and PNG montages",
+        _add_explain,
+        _run_explain,
+    ),
     "export": (
         "export a checkpoint to ONNX or TorchScript (labels and preprocessing included)",
         _add_export,

@@ -6,7 +6,8 @@ Methods (``method=``), for a target class ``c`` with logit ``y_c`` (default: the
   ``relu((x - b) * mean_k d y_c / d x (b + (k + 1/2) / steps * (x - b)))`` over ``steps`` points
   of the straight path from a baseline ``b`` (default: an all-air scan) to the input, channels
   summed, smoothed by a Gaussian of ``smooth_mm``. Costs ``steps`` forward + backward passes.
-* ``"gradxinput"``: the one-pass version, ``relu((x - b) * d y_c / d x)``: nearly as good, ~8x cheaper.
+* ``"gradxinput"``: the one-pass version, ``relu((x - b) * d y_c / d x)``: ~5x cheaper, as good on
+  consolidation, less sharp on ground glass (see below).
 * ``"gradcam"`` (Selvaraju et al. 2017): ``relu(sum_k w_k A_k)`` on the activations ``A_k`` of a
   layer, ``w_k`` the mean over voxels of ``d y_c / d A_k``;
 * ``"gradcam++"`` (Chattopadhay et al. 2018): ``w_k = sum_ij alpha_ij relu(d y_c / d A_k,ij)``
@@ -24,15 +25,18 @@ consolidated on one side stays inside, falling back to the body when no lungs ar
 ``"body"`` (the body mask of :mod:`ctcovid.preprocess.body`), or ``"none"``.
 
 What the measurement showed (``bench/bench_explain.py``, r3d_10 trained with ``fit`` at
-24 x 96 x 96 on 48 synthetic scans, 8 held-out lesion scans per task, see ``bench/RESULTS.md``):
-Grad-CAM on ``layer4`` puts 3 % of its heat on the lesions, less than a uniform map over the
-body (enrichment 0.4-0.7, pointing game 0); finer layers, Grad-CAM++, LayerCAM and multi-layer
-maps stay at 0.7-2x. Integrated gradients restricted to the lung field put 35-42 % of the heat
-on the exact lesion mask (40-51 % within 5 mm, 6-10x a uniform map over the body), 72-80 % of the
-hot voxels (heat >= 0.5) on the lesions, and the hottest voxel on a lesion in 88-100 % of scans;
-an untrained network of the same architecture stays near uniform. The lung field does most for
-Grad-CAM's blobs, but IG gains from it too: half of IG's heat otherwise falls on the heart and the
-chest wall next to the lesions.
+24 x 96 x 96 on 48 synthetic scans, 8 held-out lesion scans per task, CP and COVID-19 each
+against normal; table in ``bench/RESULTS.md``): Grad-CAM on ``layer4`` puts 2-3 % of its heat on
+the lesions, less than a uniform map over the body (enrichment 0.45-0.7, pointing game 0); finer
+layers, Grad-CAM++ and multi-layer maps stay at 0.7-1.4x. Integrated gradients restricted to the
+lung field (the default) put 36-42 % of the heat on the exact lesion mask (46-49 % within 5 mm,
+6-12x a uniform map over the body), 84-86 % of the hot voxels (heat >= 0.5) within 5 mm of a
+lesion, and the hottest voxel there in 75-100 % of scans; an untrained network of the same
+architecture, restricted alike, gets 19-23 %, 23-25 % and 0-12 %. Gradient x input matches IG
+on CP but not on COVID-19 (hot voxels 56 %, pointing 50 %). The lung field does most for
+Grad-CAM's blobs, but IG gains from it too: half of IG's heat otherwise falls on the heart and
+the chest wall next to the lesions. Guided Grad-CAM (the CAM times IG or gradient x input) beat
+IG on CP but not on COVID-19 (hot voxels 46-69 %), so it is not offered.
 
 Depth-n models see a scan as chunks; each chunk's map is brought to its slices and the chunks are
 stitched along z (overlaps averaged). The map is mapped back to the *input* scan's voxel grid by

@@ -26,6 +26,7 @@ import base64
 import hmac
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -44,7 +45,7 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise MissingExtraError(e.name or "fastapi", "serve") from e
 
-from ctcovid.predict.explain import CAM_METHODS, explain
+from ctcovid.predict.explain import CAM_METHODS, RESTRICTIONS, explain
 from ctcovid.predict.inputs import ZipLimits, open_scan
 from ctcovid.predict.predictor import Predictor
 from ctcovid.serve.page import PAGE
@@ -240,19 +241,42 @@ def create_app(checkpoint: str | Path | Predictor, settings: ServeSettings | Non
     )
     async def explain_route(
         request: Request,
-        method: str = Query("gradcam", description=f"one of {', '.join(CAM_METHODS)}"),
+        method: str = Query(
+            "ig",
+            pattern="^(" + "|".join(re.escape(m) for m in CAM_METHODS) + ")$",
+            description=f"one of {', '.join(CAM_METHODS)}: ig (integrated gradients at the input's "
+            "resolution, the default) and gradxinput localize lesions; gradcam and gradcam++ give "
+            "coarse blobs",
+        ),
         target: str | None = Query(None, description="class to explain (default: the predicted one)"),
-        layer: str | None = Query(None, description="layer to hook (default: the model's, layer4)"),
+        layer: str | None = Query(
+            None,
+            description="gradcam and gradcam++ only: layer to hook (default: auto, a grid of at least 4x8x8)",
+        ),
+        restrict: str = Query(
+            "lungs",
+            pattern="^(" + "|".join(RESTRICTIONS) + ")$",
+            description="keep the heat inside the lung field (default), the body, or anywhere (none)",
+        ),
         format: str = Query(
             "json", pattern="^(json|png|nifti)$", description="json, png (montage) or nifti (heatmap)"
         ),
     ) -> Response:
-        """Prediction plus a Grad-CAM heatmap: JSON with a base64 PNG montage, the PNG, or the NIfTI."""
+        """Prediction plus a heatmap (integrated gradients by default, or Grad-CAM): JSON with a base64
+        PNG montage, the PNG, or the NIfTI."""
         t0 = time.perf_counter()
 
         def job(scan: Path, work: Path) -> Response:
             with open_scan(scan, tmp_dir=work, zip_limits=limits) as volume:
-                e = explain(predictor, volume, scan_id="upload", method=method, layer=layer, target=target)
+                e = explain(
+                    predictor,
+                    volume,
+                    scan_id="upload",
+                    method=method,
+                    layer=layer,
+                    target=target,
+                    restrict=restrict,
+                )
             png = e.montage_png(settings.montage_slices)
             headers = {"X-Ctcovid-Label": str(e.prediction.label), "X-Ctcovid-Target": e.target}
             if format == "png":

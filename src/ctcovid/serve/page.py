@@ -1,4 +1,4 @@
-"""The upload page served at ``/``: pick a scan, see the probabilities and the Grad-CAM montage.
+"""The upload page served at ``/``: pick a scan, see the probabilities and the heatmap montage.
 
 One self-contained HTML document (no external scripts, fonts or styles: the server may run
 offline). It posts the file to ``/v1/explain`` and shows the JSON answer.
@@ -39,7 +39,12 @@ research model's output, not a diagnosis: check the heatmap against the images.<
 <form id="form">
   <label>Scan <input type="file" id="file" name="file" accept=".nii,.gz,.zip" required></label>
   <label>Explanation
-    <select id="method"><option value="gradcam">Grad-CAM</option><option value="gradcam++">Grad-CAM++</option></select>
+    <select id="method">
+      <option value="ig" selected>Integrated gradients</option>
+      <option value="gradxinput">Gradient x input (fast)</option>
+      <option value="gradcam">Grad-CAM</option>
+      <option value="gradcam++">Grad-CAM++</option>
+    </select>
   </label>
   <label>API token (if the server needs one) <input type="password" id="token" autocomplete="off"></label>
   <button type="submit" id="go">Analyse</button>
@@ -49,7 +54,7 @@ research model's output, not a diagnosis: check the heatmap against the images.<
   <div>Predicted: <span id="label"></span> <span class="muted" id="task"></span></div>
   <table id="probs"></table>
   <div id="warnings"></div>
-  <img id="montage" alt="Grad-CAM montage: the most activated axial slices with the heatmap over the CT">
+  <img id="montage" alt="Heatmap montage: the most activated axial slices with the heatmap over the CT">
 </section>
 <footer>API: <a href="docs">docs</a> &middot; <a href="v1/model">v1/model</a> &middot; <a href="v1/health">v1/health</a></footer>
 <script>
