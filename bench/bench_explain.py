@@ -52,16 +52,9 @@ from ctcovid.data.synthetic import SynthCase, synth_case
 from ctcovid.io import write_nifti
 from ctcovid.models import create_model
 from ctcovid.predict import Predictor, explain
-from ctcovid.predict.explain import (
-    Explanation,
-    _baseline,
-    attribution_maps,
-    layer_cams,
-    montage_png,
-    resolve_layers,
-    restriction_mask,
-    to_input_grid,
-)
+from ctcovid.predict.cam import layer_cams, resolve_layers
+from ctcovid.predict.explain import Explanation, _baseline, attribution_maps
+from ctcovid.predict.heatmap import montage_png, restriction_mask, to_input_grid
 from ctcovid.train.config import run_config_from_dict
 from ctcovid.train.run import fit
 from ctcovid.types import Volume

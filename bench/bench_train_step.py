@@ -62,7 +62,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ctcovid.models import create_model
-from ctcovid.train import speed
+from ctcovid.train import fold, speed
 
 MONAI_DEPTH = {"r3d_10": 10, "r3d_18": 18, "r3d_34": 34, "r3d_50": 50, "ct_s50": 50}
 ALL_MODELS = ["r3d_18", "r3d_50", "r2plus1d_18", "ct_s50"]
@@ -274,9 +274,9 @@ def bench_one(
     steps["fp32"] = make_step(copy.deepcopy(base), x, y)
     raw = copy.deepcopy(base)
     folded = copy.deepcopy(base)
-    speed.fold_thin_convs(folded)
+    fold.fold_thin_convs(folded)
     inputs = speed.conv3d_inputs(base, shape)
-    thin = speed.thin_convs(base, inputs)
+    thin = fold.thin_convs(base, inputs)
     cpu = torch.device("cpu")
     if thin:
         notes.append(f"{len(thin)} of {len(inputs)} 3D convolutions see inputs thinner than their kernel")
@@ -367,10 +367,10 @@ def report(rows: list[dict[str, Any]], peak: dict[str, float]) -> None:
 CRASH_SCRIPT = """
 import sys, torch
 from ctcovid.models import create_model
-from ctcovid.train import speed
+from ctcovid.train import fold, speed
 model = create_model("r3d_10", in_channels=3)
 if sys.argv[1] == "folded":
-    speed.fold_thin_convs(model)
+    fold.fold_thin_convs(model)
 model = model.to(memory_format=torch.channels_last_3d)
 x = torch.rand(2, 3, 4, 64, 64).contiguous(memory_format=torch.channels_last_3d)
 opt = torch.optim.Adam(model.parameters())
@@ -399,11 +399,11 @@ def crash_demo() -> None:
 CHECK_SCRIPT = """
 import sys, torch
 from ctcovid.models import create_model
-from ctcovid.train import speed
-name, shape, fold = sys.argv[1], tuple(int(v) for v in sys.argv[2].split("x")), sys.argv[3] == "folded"
+from ctcovid.train import fold, speed
+name, shape, folded = sys.argv[1], tuple(int(v) for v in sys.argv[2].split("x")), sys.argv[3] == "folded"
 model = create_model(name, in_channels=shape[1])
-if fold:
-    speed.fold_thin_convs(model)
+if folded:
+    fold.fold_thin_convs(model)
 bad = speed.bf16_conv_mismatches(model, shape)
 print(", ".join(f"{k} {v:.3g}" for k, v in bad.items()) or "none")
 """

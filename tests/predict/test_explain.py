@@ -18,7 +18,9 @@ from ctcovid.data.synthetic import SynthCase, synth_case
 from ctcovid.errors import CtcovidError
 from ctcovid.io import load_volume, write_nifti
 from ctcovid.predict import Predictor, explain, to_input_grid
-from ctcovid.predict.explain import attribution_maps, cam_maps, resolve_layers, restriction_mask
+from ctcovid.predict.cam import cam_maps, resolve_layers
+from ctcovid.predict.explain import attribution_maps
+from ctcovid.predict.heatmap import restriction_mask
 from ctcovid.preprocess import CropBox, PreprocessConfig, build_pipeline
 from ctcovid.preprocess.intensity import to_channels
 from ctcovid.types import Units, Volume

@@ -11,7 +11,7 @@ from torch import nn
 from ctcovid.config import from_dict
 from ctcovid.errors import ConfigError
 from ctcovid.preprocess.pipeline import PreprocessConfig
-from ctcovid.train import speed
+from ctcovid.train import fold, speed
 from ctcovid.train.config import TrainConfig
 
 CPU = torch.device("cpu")
@@ -43,7 +43,7 @@ def test_fold_depth_conv3d_equals_conv3d_with_its_gradients(case: tuple[int, ...
     y = conv(x)
     grad = torch.randn_like(y)
     want = torch.autograd.grad(y, (x, conv.weight), grad)
-    y2 = speed.fold_depth_conv3d(
+    y2 = fold.fold_depth_conv3d(
         x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups
     )  # type: ignore[arg-type]
     got = torch.autograd.grad(y2, (x, conv.weight), grad)
@@ -70,9 +70,9 @@ def test_fold_thin_convs_keeps_parameters_state_dict_and_identity() -> None:
     net = _small_net()
     before = {k: v.clone() for k, v in net.state_dict().items()}
     params = [id(p) for p in net.parameters()]
-    names = speed.fold_thin_convs(net)
+    names = fold.fold_thin_convs(net)
     assert names == ["0", "3", "4"]
-    assert all(isinstance(m, speed.DepthFoldedConv3d) for m in (net[0], net[3], net[4]))
+    assert all(isinstance(m, fold.DepthFoldedConv3d) for m in (net[0], net[3], net[4]))
     assert type(net[2]) is nn.Conv3d
     assert [id(p) for p in net.parameters()] == params
     assert list(net.state_dict()) == list(before)
@@ -82,7 +82,7 @@ def test_fold_thin_convs_keeps_parameters_state_dict_and_identity() -> None:
 def test_folded_model_gives_the_fp32_result_and_its_gradients() -> None:
     net = _small_net().eval()
     folded = copy.deepcopy(net)
-    speed.fold_thin_convs(folded)
+    fold.fold_thin_convs(folded)
     x = torch.randn(2, 1, 4, 6, 6)
     torch.testing.assert_close(folded(x), net(x))  # net[4] sees 2 slices: folded in fp32 too
     grads = [torch.autograd.grad(m(x).square().sum(), m[4].weight)[0] for m in (folded, net)]
@@ -104,7 +104,7 @@ def test_conv3d_inputs_reports_shapes_and_leaves_the_model_as_it_was() -> None:
 
 def test_bf16_check_passes_folded_convolutions() -> None:
     net = _small_net()
-    speed.fold_thin_convs(net)
+    fold.fold_thin_convs(net)
     assert speed.bf16_conv_mismatches(net, (2, 1, 4, 8, 8)) == {}
 
 
@@ -225,5 +225,5 @@ def test_plan_on_a_cpu_without_bf16_stays_fp32_and_folds_thin_convs(
         net, CPU, precision="auto", channels_last="auto", compile=False, shape=(2, 1, 4, 8, 8)
     )
     assert plan.autocast_dtype is None and not plan.channels_last and plan.fused_optimizer
-    assert plan.folded == ["0", "3", "4"] and isinstance(net[4], speed.DepthFoldedConv3d)
+    assert plan.folded == ["0", "3", "4"] and isinstance(net[4], fold.DepthFoldedConv3d)
     assert any("1 of 4 3D convolutions" in n for n in plan.notes)  # net[4] sees 2 slices

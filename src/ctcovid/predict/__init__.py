@@ -8,7 +8,7 @@
 * :func:`find_scans`, :func:`extract_zip_safely` (:mod:`.inputs`): what a path or an upload holds.
 """
 
-from ctcovid.predict.explain import CAM_METHODS, Explanation, explain, to_input_grid
+from ctcovid.predict.explain import CAM_METHODS, Explanation, explain
 from ctcovid.predict.export import (
     EXPORT_FORMATS,
     ExportedModel,
@@ -17,6 +17,7 @@ from ctcovid.predict.export import (
     export_model,
     load_exported,
 )
+from ctcovid.predict.heatmap import to_input_grid
 from ctcovid.predict.inputs import UnsafeArchiveError, ZipLimits, extract_zip_safely, find_scans, open_scan
 from ctcovid.predict.predictor import ChunkPrediction, Prediction, Predictor
 

@@ -20,7 +20,7 @@ a shorter axis): ``layer2`` for a 3D ResNet at 16 x 64 x 64 or 24 x 96 x 96, whe
 1 x 2 x 2 or 1 x 3 x 3 grid that cannot localize anything.
 
 The heat is then restricted (``restrict=``) to where a lesion can be: ``"lungs"`` (default; the
-lung field, see :func:`lung_field`: aerated lung united with its left-right mirror so that a lobe
+lung field, see :func:`~ctcovid.predict.heatmap.lung_field`: aerated lung united with its left-right mirror so that a lobe
 consolidated on one side stays inside, falling back to the body when no lungs are found),
 ``"body"`` (the body mask of :mod:`ctcovid.preprocess.body`), or ``"none"``.
 
@@ -48,13 +48,8 @@ overlays the original in 3D Slicer or ITK-SNAP.
 
 from __future__ import annotations
 
-import dataclasses
-import io
 import json
 import re
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -66,29 +61,20 @@ from scipy import ndimage
 from torch import nn
 
 from ctcovid.errors import CtcovidError
+from ctcovid.predict.cam import GRADCAM_METHODS, layer_cams, resolve_layers
+from ctcovid.predict.heatmap import montage_png, restriction_mask, to_input_grid, top_slices
 from ctcovid.predict.predictor import Prediction, Predictor
-from ctcovid.preprocess.body import BodyMask, find_body
-from ctcovid.preprocess.intensity import LUNG_WINDOW_HU, air_value, apply_window, display_to_unit, to_channels
-from ctcovid.preprocess.pipeline import PreprocessConfig, Preprocessed
+from ctcovid.preprocess.intensity import air_value, to_channels
 from ctcovid.types import Units, Volume
 
 CamMethod = Literal["ig", "gradxinput", "gradcam", "gradcam++"]
-GRADCAM_METHODS: tuple[str, ...] = ("gradcam", "gradcam++")
 ATTRIBUTION_METHODS: tuple[str, ...] = ("ig", "gradxinput")
 METHODS: tuple[str, ...] = (*ATTRIBUTION_METHODS, *GRADCAM_METHODS)
 #: Every method :func:`explain` accepts (the name the server and CLI import).
 CAM_METHODS: tuple[str, ...] = METHODS
 RESTRICTIONS: tuple[str, ...] = ("lungs", "body", "none")
 BASELINES: tuple[str, ...] = ("air", "zero")
-#: The automatic CAM layer: the deepest whose grid is at least this (D, H, W), or a quarter of the
-#: input's size along an axis where that is smaller.
-AUTO_MIN_GRID: tuple[int, int, int] = (4, 8, 8)
-#: Aerated lung and ground glass lie below this, soft tissue and consolidation above.
-LUNG_THRESHOLD_HU = -300.0
 _EPS = 1e-7
-# In-plane 4-neighbour cross on the coarse body grid (z spacing varies: no step mixes slices).
-_CROSS_2D = np.zeros((3, 3, 3), dtype=bool)
-_CROSS_2D[1] = ndimage.generate_binary_structure(2, 1)
 
 
 @dataclass
@@ -150,89 +136,6 @@ class Explanation:
 def safe_stem(scan_id: str) -> str:
     """A file name stem from a scan id (``a/b c`` -> ``a__b_c``)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", scan_id.replace("/", "__")).strip("._") or "scan"
-
-
-# --------------------------------------------------------------------------- CAM
-@contextmanager
-def _capture(layers: Sequence[nn.Module]) -> Iterator[dict[int, torch.Tensor]]:
-    """Capture the outputs of ``layers`` with gradient, for this thread only.
-
-    The forward runs under ``no_grad`` up to the first hooked layer to run; its hook detaches the
-    output, makes it require grad and turns gradients on for the rest of the forward, so autograd
-    keeps only the (small) graph from that layer to the logits. Deeper hooked layers are recorded
-    as they are, inside that graph. Other threads (a server predicting concurrently with the same
-    model) pass through untouched.
-    """
-    owner = threading.get_ident()
-    store: dict[int, torch.Tensor] = {}
-
-    def make_hook(i: int) -> Any:
-        def hook(_m: nn.Module, _inp: Any, out: torch.Tensor) -> torch.Tensor | None:
-            if threading.get_ident() != owner:
-                return None
-            if torch.is_grad_enabled():  # a shallower hooked layer already started the graph
-                store[i] = out
-                return None
-            act = out.detach().requires_grad_(True)
-            store[i] = act
-            torch.set_grad_enabled(True)  # restored by the caller's no_grad() on exit
-            return act
-
-        return hook
-
-    handles = [m.register_forward_hook(make_hook(i)) for i, m in enumerate(layers)]
-    try:
-        yield store
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def find_layer(model: nn.Module, name: str) -> nn.Module:
-    try:
-        return model.get_submodule(name)
-    except AttributeError as e:
-        names = [n for n, _ in model.named_children()]
-        raise CtcovidError(
-            f"layer '{name}' not found in the model; top-level layers: {', '.join(names)}"
-        ) from e
-
-
-def _weighted(act: torch.Tensor, grads: torch.Tensor, method: str) -> torch.Tensor:
-    act, grads = act.detach().float(), grads.float()
-    dims = tuple(range(2, act.ndim))
-    if method == "gradcam":
-        weights = grads.mean(dim=dims, keepdim=True)
-    else:
-        g2, g3 = grads.pow(2), grads.pow(3)
-        alpha = g2 / (2 * g2 + act.sum(dim=dims, keepdim=True) * g3 + _EPS)
-        alpha = torch.where(grads != 0, alpha, torch.zeros_like(alpha))
-        weights = (alpha * F.relu(grads)).sum(dim=dims, keepdim=True)
-    return F.relu((weights * act).sum(dim=1))
-
-
-def layer_cams(
-    model: nn.Module, x: torch.Tensor, target: int, layers: Sequence[str], method: str = "gradcam"
-) -> list[torch.Tensor]:
-    """One class activation map ``(B, d, h, w)`` (not normalised) per layer, from one forward."""
-    if method not in GRADCAM_METHODS:
-        raise CtcovidError(f"unknown CAM method {method!r}; valid: {', '.join(GRADCAM_METHODS)}")
-    modules = [find_layer(model, name) for name in layers]
-    with _capture(modules) as store, torch.no_grad():
-        logits = model(x)
-        missing = [name for i, name in enumerate(layers) if i not in store]
-        if missing:
-            raise CtcovidError(f"layer '{missing[0]}' was not used by the forward pass; pick another layer")
-        acts = [store[i] for i in range(len(layers))]
-        grads = torch.autograd.grad(logits[:, target].sum(), acts)
-    return [_weighted(a, g, method) for a, g in zip(acts, grads)]
-
-
-def cam_maps(
-    model: nn.Module, x: torch.Tensor, target: int, layer: str, method: str = "gradcam"
-) -> torch.Tensor:
-    """Class activation maps ``(B, d, h, w)`` (not normalised) of a batch ``x`` for class ``target``."""
-    return layer_cams(model, x, target, [layer], method)[0]
 
 
 def attribution_maps(
@@ -358,225 +261,3 @@ def explain(
             a /= peak
     name = "+".join(layers) if layers else "input"
     return Explanation(prediction, target, method, name, heat, heat_pre.astype(np.float32), volume)
-
-
-# --------------------------------------------------------------------------- layers
-def candidate_layers(predictor: Predictor) -> list[str]:
-    """The model's stages, shallow to deep, named like its registered Grad-CAM layer.
-
-    ``layer4`` gives ``layer1 .. layer4`` and ``model.layer4`` gives ``model.layer1 ..``; a
-    name without a trailing stage number is the only candidate.
-    """
-    from ctcovid.models import model_info
-
-    default = model_info(predictor.model_name).gradcam_layer if predictor.model_name else "layer4"
-    m = re.fullmatch(r"(.*?)(\d+)", default)
-    if m is None:
-        return [default]
-    names = [f"{m.group(1)}{k}" for k in range(1, int(m.group(2)) + 1)]
-    return [n for n in names if _has_layer(predictor.model, n)] or [default]
-
-
-def _has_layer(model: nn.Module, name: str) -> bool:
-    try:
-        model.get_submodule(name)
-    except AttributeError:
-        return False
-    return True
-
-
-def layer_grids(model: nn.Module, x: torch.Tensor, names: Sequence[str]) -> dict[str, tuple[int, ...]]:
-    """The spatial output shape of each named layer for the input ``x`` (one no-grad forward)."""
-    owner = threading.get_ident()
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def make_hook(name: str) -> Any:
-        def hook(_m: nn.Module, _inp: Any, out: torch.Tensor) -> None:
-            if threading.get_ident() == owner:
-                shapes[name] = tuple(out.shape[2:])
-
-        return hook
-
-    handles = [find_layer(model, n).register_forward_hook(make_hook(n)) for n in names]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return shapes
-
-
-def resolve_layers(predictor: Predictor, layer: str | None, input_shape: tuple[int, ...]) -> list[str]:
-    """The CAM layer(s): ``layer`` split on ``+``, or the automatic choice for None or ``"auto"``.
-
-    ``input_shape`` is one network input ``(C, D, H, W)``. The automatic choice is the deepest
-    of :func:`candidate_layers` whose grid reaches :data:`AUTO_MIN_GRID` on every axis, or a
-    quarter of the input's size where that is smaller (depth-4 chunks need one cell in z), else
-    the shallowest.
-    """
-    if layer is not None and layer != "auto":
-        names = [n.strip() for n in layer.split("+") if n.strip()]
-        if not names:
-            raise CtcovidError(f"layer={layer!r} names no layer; e.g. 'layer3' or 'layer2+layer3'")
-        for n in names:
-            find_layer(predictor.model, n)
-        return names
-    names = candidate_layers(predictor)
-    x = torch.zeros((1, *input_shape), dtype=torch.float32, device=predictor.device)
-    grids = layer_grids(predictor.model, x, names)
-    spatial = input_shape[1:]
-    for name in reversed(names):
-        grid = grids.get(name, ())
-        if not grid:
-            continue
-        need = [min(m, max(1, s // 4)) for m, s in zip(AUTO_MIN_GRID[-len(grid) :], spatial[-len(grid) :])]
-        if all(g >= n for g, n in zip(grid, need)):
-            return [name]
-    return [names[0]]
-
-
-# --------------------------------------------------------------------------- restriction
-def restriction_mask(volume: Volume, config: PreprocessConfig, restrict: str) -> np.ndarray | None:
-    """Where heat may stay on ``volume``'s grid for ``restrict`` ("lungs" or "body"); None: anywhere.
-
-    The lungs fall back to the body when no lung field is found, the body to None.
-    """
-    threshold = config.body_threshold_hu if volume.units == Units.HU else config.body_threshold_display
-    body = find_body(volume.voxels, volume.spacing_mm, units=volume.units, threshold=threshold, margin_mm=0.0)
-    if not body.found:
-        return None
-    if restrict == "lungs":
-        field = lung_field(volume, body)
-        if field is not None:
-            body = dataclasses.replace(body, mask=field)
-    d, h, w = volume.shape
-    return body.sample(np.arange(d), np.arange(h), np.arange(w))
-
-
-def lung_field(volume: Volume, body: BodyMask) -> np.ndarray | None:
-    """The lung field on ``body``'s coarse grid (~3 mm voxels), dense lesions included; None if none.
-
-    Aerated lung is what lies below :data:`LUNG_THRESHOLD_HU` inside the body, two coarse voxels
-    away from the skin (the body mask's edge holds air). A lobe filled by consolidation is as dense
-    as the heart, so no threshold finds it; the field is therefore the aerated lung united with
-    its mirror image across the body's left-right centre (a unilateral lesion is covered by the
-    other side's outline; bilateral ground glass is aerated enough to pass the threshold), widened
-    by one coarse voxel and kept inside the body. The mirror also covers part of the heart. Less
-    than 2 % of the body (no lungs in the field of view, both lungs consolidated) gives None.
-    """
-    sz, sy, sx = body.stride
-    coarse = volume.voxels[::sz, ::sy, ::sx]
-    if volume.units == Units.HU:
-        threshold = LUNG_THRESHOLD_HU
-    else:  # slice images: assume the lung window they were most likely written in
-        level, width = LUNG_WINDOW_HU
-        threshold = float(np.clip((LUNG_THRESHOLD_HU - level + width / 2) / width, 0, 1)) * 255.0
-    core = ndimage.binary_erosion(body.mask, structure=_CROSS_2D, iterations=2)
-    aerated = core & (coarse < threshold)
-    # The left-right array axis: the one whose direction has the largest LPS x component.
-    axis = int(np.argmax(np.abs(np.asarray(volume.direction)[0])))
-    others = tuple(a for a in range(3) if a != axis)
-    extent = np.flatnonzero(body.mask.any(axis=others))
-    if extent.size == 0:
-        return None
-    n = aerated.shape[axis]
-    mirror = np.clip(np.rint(extent[0] + extent[-1] - np.arange(n)).astype(np.intp), 0, n - 1)
-    field = aerated | np.take(aerated, mirror, axis=axis)
-    field = ndimage.binary_dilation(field, structure=_CROSS_2D) & body.mask
-    if field.sum() < 0.02 * body.mask.sum():
-        return None
-    return field
-
-
-# --------------------------------------------------------------------------- geometry
-def to_input_grid(heat: np.ndarray, pre: Preprocessed, volume: Volume) -> np.ndarray:
-    """Resample a map on the preprocessed grid ``(D', H', W')`` onto ``volume``'s voxel grid.
-
-    Each input voxel inside the crop box is placed on the preprocessed grid through physical
-    space: its LPS position (the input's origin, direction, spacing), expressed in the
-    preprocessed grid's origin and spacing (same direction: preprocessing never rotates), then
-    interpolated linearly (edges clamped, the pixel-centre convention of the resize). Voxels
-    outside the crop box get 0. Inverts crop, pad, resize and z uniformization alike.
-    """
-    d, h, w = volume.shape
-    out = np.zeros((d, h, w), dtype=np.float32)
-    box = pre.box
-    lo = (max(box.z0, 0), max(box.y0, 0), max(box.x0, 0))
-    hi = (min(box.z1, d), min(box.y1, h), min(box.x1, w))
-    if any(b <= a for a, b in zip(lo, hi)):
-        return out
-    direction = np.asarray(volume.direction, dtype=np.float64)
-    # The input's origin in mm along each array axis, relative to the preprocessed origin.
-    offset = np.linalg.solve(direction, np.asarray(volume.origin_mm) - np.asarray(pre.origin_mm))
-    sampled = np.asarray(heat, dtype=np.float32)
-    for axis in range(3):
-        index = np.arange(lo[axis], hi[axis], dtype=np.float64)
-        pos = (offset[axis] + volume.spacing_mm[axis] * index) / pre.spacing_mm[axis]
-        sampled = _interp_axis(sampled, pos, axis)
-    out[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = sampled
-    return out
-
-
-def _interp_axis(a: np.ndarray, pos: np.ndarray, axis: int) -> np.ndarray:
-    """Linear interpolation of ``a`` along ``axis`` at fractional indices ``pos`` (edges clamped)."""
-    n = a.shape[axis]
-    p = np.clip(pos, 0, n - 1)
-    i0 = np.floor(p).astype(np.intp)
-    i1 = np.minimum(i0 + 1, n - 1)
-    shape = [1, 1, 1]
-    shape[axis] = len(p)
-    wt = (p - i0).astype(np.float32).reshape(shape)
-    return np.take(a, i0, axis=axis) * (1 - wt) + np.take(a, i1, axis=axis) * wt
-
-
-# --------------------------------------------------------------------------- montage
-def top_slices(heat: np.ndarray, n: int = 6) -> list[int]:
-    """The ``n`` axial slices with the most heat (evenly spread when there is none), ascending."""
-    d = heat.shape[0]
-    n = max(1, min(n, d))
-    per_slice = heat.reshape(d, -1).sum(axis=1)
-    if not np.any(per_slice > 0):
-        return sorted({int(k) for k in np.linspace(0, d - 1, n).round()})
-    return sorted(int(k) for k in np.argsort(-per_slice, kind="stable")[:n])
-
-
-def _display(volume: Volume) -> np.ndarray:
-    if volume.units == Units.HU:
-        return apply_window(volume.voxels, *LUNG_WINDOW_HU)
-    return display_to_unit(volume.voxels)
-
-
-def montage_png(
-    volume: Volume, heat: np.ndarray, *, n_slices: int = 6, title: str = "", slices: list[int] | None = None
-) -> bytes:
-    """PNG of the most activated axial slices (or ``slices``): CT in the lung window, heat over it (jet)."""
-    # Lazy (import ctcovid stays light); the object API, not pyplot: no global state, thread-safe.
-    from matplotlib import colormaps
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    ks = sorted(slices) if slices else top_slices(heat, n_slices)
-    cols = min(3, len(ks))
-    rows = (len(ks) + cols - 1) // cols
-    gray = _display(volume)
-    jet = colormaps["jet"]
-    aspect = volume.spacing_mm[1] / volume.spacing_mm[2]
-    fig = Figure(figsize=(3.2 * cols, 3.2 * rows * min(max(aspect, 0.5), 2.0) + 0.6), dpi=100)
-    FigureCanvasAgg(fig)
-    for j, k in enumerate(ks):
-        ax = fig.add_subplot(rows, cols, j + 1)
-        g = gray[k][..., None]
-        hk = np.clip(heat[k], 0, 1)
-        alpha = (0.55 * hk)[..., None]
-        rgb = g * (1 - alpha) + jet(hk)[..., :3] * alpha
-        ax.imshow(np.clip(rgb, 0, 1), aspect=aspect, interpolation="nearest")
-        z_mm = volume.index_to_lps((k, 0, 0))[2]
-        ax.set_title(f"slice {k}  z={z_mm:.0f} mm  max {hk.max():.2f}", fontsize=8)
-        ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
