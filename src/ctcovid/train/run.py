@@ -14,7 +14,10 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,70 +234,73 @@ def fit(
     }
     epoch = start - 1
     try:
-        for epoch in range(start, t.epochs):
-            sampler.set_epoch(epoch)
-            train_ds.set_epoch(epoch)
-            torch.manual_seed(t.seed * 100_003 + epoch)  # dropout etc.: a function of (seed, epoch) only
-            lr = optimizer.param_groups[0]["lr"]
-            stats = train_one_epoch(
-                model,
-                train_loader,
-                optimizer,
-                loss_fn,
-                opts,
-                progress=batch_progress(epoch) if batch_progress else None,
-                total=len(sampler),
-            )
-            if stats.bad_steps > t.max_bad_steps or not math.isfinite(stats.loss):
-                raise TrainingDiverged(
-                    f"epoch {epoch + 1}: {stats.bad_steps} batches had a non-finite loss (limit "
-                    f"train.max_bad_steps={t.max_bad_steps}); no checkpoint was written for it. "
-                    "Try precision='fp32' or a lower lr."
-                )
-            scheduler.step()
-            if info.is_main and t.precise_bn_batches:
-                # Rank 0 only: DDP broadcasts rank 0's buffers to the others at the next forward.
-                bn_sampler.set_epoch(epoch)
-                bn_loader = DataLoader(bn_ds, batch_sampler=bn_sampler, num_workers=workers)
-                recompute_bn_stats(unwrap(model), bn_loader, opts, t.precise_bn_batches)
-            if info.is_main:
-                record = {
-                    "epoch": epoch,
-                    "lr": lr,
-                    **_train_record(stats),
-                    **_validate(unwrap(model), val_loader, loss_fn, opts, len(labels)),
-                }
-                history.append(record)
-                improved = _better(record, best, t.best_metric)
-                if improved:
-                    best = {
-                        "epoch": epoch,
-                        t.best_metric: record.get(t.best_metric),
-                        "val_accuracy": record.get("val_accuracy"),
-                    }
-                ck = make_checkpoint(
+        with _interrupt_flag() as interrupted:
+            for epoch in range(start, t.epochs):
+                _raise_if(interrupted)
+                sampler.set_epoch(epoch)
+                train_ds.set_epoch(epoch)
+                torch.manual_seed(t.seed * 100_003 + epoch)  # dropout etc.: a function of (seed, epoch) only
+                lr = optimizer.param_groups[0]["lr"]
+                stats = train_one_epoch(
                     model,
-                    **ckpt_common,
-                    epoch=epoch,
-                    metrics=record,
-                    best=best,
-                    optimizer=optimizer.state_dict(),
-                    scheduler=scheduler.state_dict(),
-                    scaler=scaler.state_dict() if scaler else {},
+                    train_loader,
+                    optimizer,
+                    loss_fn,
+                    opts,
+                    progress=batch_progress(epoch) if batch_progress else None,
+                    total=len(sampler),
                 )
-                runlog.append_jsonl(
-                    metrics_path, record
-                )  # before the checkpoint: a resume drops lines past it
-                if tb is not None:
-                    for key, value in record.items():
-                        if isinstance(value, int | float) and key != "epoch":
-                            tb.add_scalar(key, value, epoch)
-                    tb.flush()
-                save_checkpoint(ck, last_path)
-                if improved:
-                    link_checkpoint(last_path, best_path)
-                log.info("epoch %d/%d %s", epoch + 1, t.epochs, runlog.fmt(record))
-            D.barrier(info)
+                if stats.bad_steps > t.max_bad_steps or not math.isfinite(stats.loss):
+                    raise TrainingDiverged(
+                        f"epoch {epoch + 1}: {stats.bad_steps} batches had a non-finite loss (limit "
+                        f"train.max_bad_steps={t.max_bad_steps}); no checkpoint was written for it. "
+                        "Try precision='fp32' or a lower lr."
+                    )
+                scheduler.step()
+                if info.is_main and t.precise_bn_batches:
+                    # Rank 0 only: DDP broadcasts rank 0's buffers to the others at the next forward.
+                    bn_sampler.set_epoch(epoch)
+                    bn_loader = DataLoader(bn_ds, batch_sampler=bn_sampler, num_workers=workers)
+                    recompute_bn_stats(unwrap(model), bn_loader, opts, t.precise_bn_batches)
+                if info.is_main:
+                    record = {
+                        "epoch": epoch,
+                        "lr": lr,
+                        **_train_record(stats),
+                        **_validate(unwrap(model), val_loader, loss_fn, opts, len(labels)),
+                    }
+                    history.append(record)
+                    improved = _better(record, best, t.best_metric)
+                    if improved:
+                        best = {
+                            "epoch": epoch,
+                            t.best_metric: record.get(t.best_metric),
+                            "val_accuracy": record.get("val_accuracy"),
+                        }
+                    ck = make_checkpoint(
+                        model,
+                        **ckpt_common,
+                        epoch=epoch,
+                        metrics=record,
+                        best=best,
+                        optimizer=optimizer.state_dict(),
+                        scheduler=scheduler.state_dict(),
+                        scaler=scaler.state_dict() if scaler else {},
+                    )
+                    runlog.append_jsonl(
+                        metrics_path, record
+                    )  # before the checkpoint: a resume drops lines past it
+                    if tb is not None:
+                        for key, value in record.items():
+                            if isinstance(value, int | float) and key != "epoch":
+                                tb.add_scalar(key, value, epoch)
+                        tb.flush()
+                    save_checkpoint(ck, last_path)
+                    if improved:
+                        link_checkpoint(last_path, best_path)
+                    log.info("epoch %d/%d %s", epoch + 1, t.epochs, runlog.fmt(record))
+                D.barrier(info)
+                _raise_if(interrupted)
     except KeyboardInterrupt:
         if info.is_main:
             # Mid-epoch weights are kept for inspection; --resume restarts from the last epoch boundary.
@@ -312,6 +318,36 @@ def fit(
             logging.getLogger("ctcovid").removeHandler(handler)
             handler.close()
     return FitResult(out, epoch + 1 - start, history, best)
+
+
+@contextmanager
+def _interrupt_flag() -> Iterator[threading.Event | None]:
+    """Remember a Ctrl-C (SIGINT) so that one that lands where Python swallows exceptions still stops.
+
+    The usual ``KeyboardInterrupt`` is raised as before; if it arrives inside a finalizer (``__del__``
+    of a loader iterator, say) Python only prints it, so the loop also checks the flag at epoch
+    boundaries. Main thread only (where signal handlers live); elsewhere yields None.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    flag = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        flag.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _raise_if(flag: threading.Event | None) -> None:
+    if flag is not None and flag.is_set():
+        raise KeyboardInterrupt
 
 
 def _optimizer(cfg: RunConfig, model: nn.Module, *, fused: bool = False) -> torch.optim.Optimizer:
