@@ -53,8 +53,8 @@ from ctcovid.io import write_nifti
 from ctcovid.models import create_model
 from ctcovid.predict import Predictor, explain
 from ctcovid.predict.cam import layer_cams, resolve_layers
-from ctcovid.predict.explain import Explanation, _baseline, attribution_maps
-from ctcovid.predict.heatmap import montage_png, restriction_mask, to_input_grid
+from ctcovid.predict.explain import Explanation, _baseline, attribution_maps, finish_heat, stitch_chunks
+from ctcovid.predict.heatmap import montage_png, restriction_mask
 from ctcovid.train.config import run_config_from_dict
 from ctcovid.train.run import fit
 from ctcovid.types import Volume
@@ -106,26 +106,14 @@ def guided_gradcam(
     t = predictor.labels.index(target)
     layers = resolve_layers(predictor, layer, chunks[0].array.shape)
     base = _baseline(predictor, volume.units, "air")
-    _, d_pre, h, w = pre.array.shape
-    total = np.zeros((d_pre, h, w), dtype=np.float32)
-    count = np.zeros(d_pre, dtype=np.float32)
-    for i in range(0, len(chunks), predictor.batch_size):
-        part = chunks[i : i + predictor.batch_size]
-        x = torch.from_numpy(np.stack([c.array for c in part])).to(predictor.device)
+
+    def chunk_heat(x: torch.Tensor) -> torch.Tensor:
         (cam,) = layer_cams(predictor.model, x, t, layers, "gradcam")
         up = F.interpolate(cam[:, None], size=tuple(x.shape[2:]), mode="trilinear", align_corners=False)[:, 0]
-        heat_x = up * attribution_maps(predictor.model, x, t, guided, baseline=base)
-        for c, m in zip(part, heat_x.detach().cpu().numpy()):
-            total[c.start : c.stop] += m[: c.stop - c.start]
-            count[c.start : c.stop] += 1
-    heat_pre = total / np.maximum(count, 1)[:, None, None]
-    heat_pre = ndimage.gaussian_filter(heat_pre, [smooth_mm / s for s in pre.spacing_mm]).astype(np.float32)
-    heat = to_input_grid(heat_pre, pre, volume)
-    inside = restriction_mask(volume, predictor.preprocess_config, restrict)
-    if inside is not None:
-        heat *= inside
-    for a in (heat, heat_pre):
-        a /= max(float(a.max()), 1e-12)
+        return up * attribution_maps(predictor.model, x, t, guided, baseline=base)
+
+    heat_pre = stitch_chunks(predictor, chunks, pre.array.shape[1:], chunk_heat)
+    heat, heat_pre = finish_heat(heat_pre, pre, volume, predictor, restrict, smooth_mm)
     return Explanation(
         prediction, target, "guided-gradcam", "+".join(layers) + "*input", heat, heat_pre, volume
     )

@@ -26,22 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _machine import cpu_name
 from ctcovid.checkpoint import make_checkpoint, save_checkpoint
 from ctcovid.models import create_model, model_info
 from ctcovid.predict import Predictor
 from ctcovid.preprocess import PreprocessConfig
 
 SHAPE = (300, 512, 512)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_info() -> list[str]:

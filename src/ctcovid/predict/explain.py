@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -64,7 +65,9 @@ from ctcovid.errors import CtcovidError
 from ctcovid.predict.cam import GRADCAM_METHODS, layer_cams, resolve_layers
 from ctcovid.predict.heatmap import montage_png, restriction_mask, to_input_grid, top_slices
 from ctcovid.predict.predictor import Prediction, Predictor
+from ctcovid.preprocess.depth import Chunk
 from ctcovid.preprocess.intensity import air_value, to_channels
+from ctcovid.preprocess.pipeline import Preprocessed
 from ctcovid.types import Units, Volume
 
 CamMethod = Literal["ig", "gradxinput", "gradcam", "gradcam++"]
@@ -223,33 +226,58 @@ def explain(
     t = predictor.labels.index(target)
     layers = resolve_layers(predictor, layer, chunks[0].array.shape) if method in GRADCAM_METHODS else []
     base = _baseline(predictor, volume.units, baseline) if method in ATTRIBUTION_METHODS else 0.0
-    _, d_pre, h, w = pre.array.shape
-    total = np.zeros((d_pre, h, w), dtype=np.float32)
-    count = np.zeros(d_pre, dtype=np.float32)
+
+    def chunk_heat(x: torch.Tensor) -> torch.Tensor:
+        if not layers:
+            return attribution_maps(predictor.model, x, t, method, steps=steps, baseline=base)
+        maps = []
+        for cam in layer_cams(predictor.model, x, t, layers, method):  # (B, d, h', w') each
+            up = F.interpolate(cam[:, None], size=tuple(x.shape[2:]), mode="trilinear", align_corners=False)
+            if len(layers) > 1:  # every layer counts the same: normalise each chunk's map first
+                up = up / up.flatten(1).amax(dim=1).clamp_min(_EPS).view(-1, 1, 1, 1, 1)
+            maps.append(up[:, 0])
+        return torch.stack(maps).mean(dim=0)
+
+    heat_pre = stitch_chunks(predictor, chunks, pre.array.shape[1:], chunk_heat)
+    # Input-resolution maps are speckled and get smoothed; CAMs are smooth already.
+    heat, heat_pre = finish_heat(heat_pre, pre, volume, predictor, restrict, 0.0 if layers else smooth_mm)
+    name = "+".join(layers) if layers else "input"
+    return Explanation(prediction, target, method, name, heat, heat_pre, volume)
+
+
+def stitch_chunks(
+    predictor: Predictor,
+    chunks: Sequence[Chunk],
+    shape: tuple[int, ...],
+    chunk_heat: Callable[[torch.Tensor], torch.Tensor],
+) -> np.ndarray:
+    """``chunk_heat`` (a batch ``(B, C, d, H, W)`` -> maps ``(B, d, H, W)``) run over ``chunks``,
+    ``batch_size`` at a time, and stitched along z into one map of ``shape`` (D, H, W) on the
+    preprocessed grid; slices covered by several chunks get their mean."""
+    total = np.zeros(shape, dtype=np.float32)
+    count = np.zeros(shape[0], dtype=np.float32)
     for i in range(0, len(chunks), predictor.batch_size):
         part = chunks[i : i + predictor.batch_size]
         x = torch.from_numpy(np.stack([c.array for c in part])).to(predictor.device)
-        if layers:
-            maps = []
-            for cam in layer_cams(predictor.model, x, t, layers, method):  # (B, d, h', w') each
-                up = F.interpolate(
-                    cam[:, None], size=tuple(x.shape[2:]), mode="trilinear", align_corners=False
-                )
-                if len(layers) > 1:  # every layer counts the same: normalise each chunk's map first
-                    up = up / up.flatten(1).amax(dim=1).clamp_min(_EPS).view(-1, 1, 1, 1, 1)
-                maps.append(up[:, 0])
-            heat_x = torch.stack(maps).mean(dim=0)
-        else:
-            heat_x = attribution_maps(predictor.model, x, t, method, steps=steps, baseline=base)
-        for c, m in zip(part, heat_x.detach().cpu().numpy()):
-            n = c.stop - c.start
-            total[c.start : c.stop] += m[:n]
+        for c, m in zip(part, chunk_heat(x).detach().cpu().numpy()):
+            total[c.start : c.stop] += m[: c.stop - c.start]
             count[c.start : c.stop] += 1
-    heat_pre = total / np.maximum(count, 1)[:, None, None]
-    if smooth_mm > 0 and not layers:  # input-resolution maps are speckled; CAMs are smooth already
-        heat_pre = ndimage.gaussian_filter(heat_pre, [smooth_mm / s for s in pre.spacing_mm]).astype(
-            np.float32
-        )
+    return total / np.maximum(count, 1)[:, None, None]
+
+
+def finish_heat(
+    heat_pre: np.ndarray,
+    pre: Preprocessed,
+    volume: Volume,
+    predictor: Predictor,
+    restrict: str,
+    smooth_mm: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A stitched map smoothed (``smooth_mm``, 0: not), mapped onto ``volume``'s grid, restricted
+    (one of :data:`RESTRICTIONS`) and normalised (max = 1): ``(heat on the input, heat_pre)``."""
+    if smooth_mm > 0:
+        heat_pre = ndimage.gaussian_filter(heat_pre, [smooth_mm / s for s in pre.spacing_mm])
+    heat_pre = heat_pre.astype(np.float32)
     heat = to_input_grid(heat_pre, pre, volume)
     if restrict != "none":
         inside = restriction_mask(volume, predictor.preprocess_config, restrict)
@@ -259,5 +287,4 @@ def explain(
         peak = float(a.max())
         if peak > 0:
             a /= peak
-    name = "+".join(layers) if layers else "input"
-    return Explanation(prediction, target, method, name, heat, heat_pre.astype(np.float32), volume)
+    return heat, heat_pre
