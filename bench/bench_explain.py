@@ -78,12 +78,15 @@ VARIANTS = [
     Variant("gradcam auto, body", {"method": "gradcam", "layer": "auto", "restrict": "body"}),
     Variant("gradcam layer3, lungs", {"method": "gradcam", "layer": "layer3", "restrict": "lungs"}),
     Variant("gradcam auto, lungs", {"method": "gradcam", "layer": "auto", "restrict": "lungs"}),
-    Variant("gradxinput, body", {"method": "gradxinput", "restrict": "body"}),
-    Variant("ig zero baseline, body", {"method": "ig", "restrict": "body", "baseline": "zero"}),
-    Variant("ig, body", {"method": "ig", "restrict": "body"}),
-    Variant("gradxinput, lungs", {"method": "gradxinput", "restrict": "lungs"}),
-    Variant("ig zero baseline, lungs", {"method": "ig", "restrict": "lungs", "baseline": "zero"}),
-    Variant("ig, lungs (default)", {}),
+    Variant("gradxinput air, body", {"method": "gradxinput", "restrict": "body", "baseline": "air"}),
+    Variant("ig zero, body", {"method": "ig", "restrict": "body", "baseline": "zero"}),
+    Variant("ig air, body", {"method": "ig", "restrict": "body", "baseline": "air"}),
+    Variant("ig healthy, body", {"method": "ig", "restrict": "body"}),
+    Variant("gradxinput air, lungs", {"method": "gradxinput", "baseline": "air"}),
+    Variant("ig zero, lungs", {"method": "ig", "baseline": "zero"}),
+    Variant("ig air, lungs", {"method": "ig", "baseline": "air"}),
+    Variant("gradxinput healthy, lungs", {"method": "gradxinput"}),
+    Variant("ig healthy, lungs (default)", {}),
     # Guided Grad-CAM (Selvaraju et al. 2017) with an input-resolution map in place of guided
     # backpropagation; measured here only (see guided_gradcam): not better than IG on both tasks.
     Variant("guided-gradcam auto x gradxinput, lungs", {"guided": "gradxinput"}),
@@ -98,7 +101,7 @@ def guided_gradcam(
     restrict: str = "lungs", smooth_mm: float = 3.0,
 ) -> Explanation:  # fmt: skip
     """Grad-CAM (upsampled to the network's input) times ``guided`` ("ig" or "gradxinput", air
-    baseline) per chunk, then as :func:`ctcovid.predict.explain` does for attributions: stitched,
+    reference, positive part) per chunk, then as :func:`ctcovid.predict.explain` does for attributions: stitched,
     smoothed by ``smooth_mm``, mapped onto the input grid, restricted, normalised."""
     pre, chunks = predictor.prepare(volume, "scan")
     probs = predictor.forward_probs([c.array for c in chunks])
@@ -107,7 +110,7 @@ def guided_gradcam(
     layers = resolve_layers(predictor, layer, chunks[0].array.shape)
     base = _baseline(predictor, volume.units, "air")
 
-    def chunk_heat(x: torch.Tensor) -> torch.Tensor:
+    def chunk_heat(x: torch.Tensor, _: torch.Tensor | None) -> torch.Tensor:
         (cam,) = layer_cams(predictor.model, x, t, layers, "gradcam")
         up = F.interpolate(cam[:, None], size=tuple(x.shape[2:]), mode="trilinear", align_corners=False)[:, 0]
         return up * attribution_maps(predictor.model, x, t, guided, baseline=base)

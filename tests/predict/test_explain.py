@@ -13,14 +13,14 @@ from torch import nn
 
 from ctcovid.cli import main
 from ctcovid.cli.predict_cmds import _add_explain
-from ctcovid.data.phantom import LUNG_TISSUES
+from ctcovid.data.phantom import LUNG_TISSUES, Tissue
 from ctcovid.data.synthetic import SynthCase, synth_case
 from ctcovid.errors import CtcovidError
 from ctcovid.io import load_volume, write_nifti
 from ctcovid.predict import Predictor, explain, to_input_grid
 from ctcovid.predict.cam import cam_maps, resolve_layers
 from ctcovid.predict.explain import attribution_maps
-from ctcovid.predict.heatmap import restriction_mask
+from ctcovid.predict.heatmap import clear_lungs, restriction_mask
 from ctcovid.preprocess import CropBox, PreprocessConfig, build_pipeline
 from ctcovid.preprocess.intensity import to_channels
 from ctcovid.types import Units, Volume
@@ -117,6 +117,8 @@ def test_attribution_of_a_linear_model_is_its_evidence_against_the_baseline(meth
         got.numpy(), torch.relu((x - 0.25) * w).sum(dim=1).numpy(), rtol=1e-5, atol=1e-6
     )
     assert attribution_maps(_Linear(w), x, target=1, method=method, baseline=x).max() == 0  # no evidence
+    signed = attribution_maps(_Linear(w), x, target=1, method=method, steps=4, baseline=0.25, positive=False)
+    np.testing.assert_allclose(signed.numpy(), (-(x - 0.25) * w).sum(dim=1).numpy(), rtol=1e-5, atol=1e-6)
 
 
 class _Stages(nn.Module):
@@ -153,6 +155,75 @@ def test_the_lung_field_holds_the_lungs_and_a_consolidated_lobe_but_little_else(
     assert (field & c.lesion_mask).sum() > 0.9 * c.lesion_mask.sum()  # as dense as the heart, yet inside
     assert (field & lungs).sum() > 0.95 * lungs.sum()
     assert field.sum() < 0.6 * body.sum()
+
+
+def test_gas_under_the_diaphragm_is_not_lung() -> None:
+    c = synth_case("CP", rng=np.random.default_rng(3), shape=(24, 80, 80))
+    lungs = np.isin(c.tissue, [int(t) for t in LUNG_TISSUES])
+    # The abdomen under the lung bases, a slice of diaphragm left between (11 mm slices here).
+    below = slice(0, int(np.flatnonzero(lungs.any(axis=(1, 2)))[0]) - 1)
+    soft = (c.tissue[below] == Tissue.SOFT).all(axis=0)
+    depth = ndimage.distance_transform_edt(soft)
+    yc, xc = np.unravel_index(np.argmax(depth), depth.shape)
+    yy, xx = np.ogrid[: soft.shape[0], : soft.shape[1]]
+    bubble = np.zeros(c.volume.shape, dtype=bool)
+    bubble[below] = (yy - yc) ** 2 + (xx - xc) ** 2 <= min(3.0, depth.max() - 1) ** 2  # a stomach bubble
+    assert bubble.sum() >= 20 and (c.tissue[bubble] == Tissue.SOFT).all()
+    vox = c.volume.voxels.copy()
+    vox[bubble] = -1000.0
+    gas = Volume(vox, spacing_mm=c.volume.spacing_mm, origin_mm=c.volume.origin_mm)
+    field = restriction_mask(gas, PreprocessConfig(), "lungs")
+    assert field is not None and (field & lungs).sum() > 0.95 * lungs.sum()
+    assert not (field & bubble).any()
+
+
+def test_clear_lungs_turns_the_lesions_into_clear_lung_and_leaves_the_rest_alone() -> None:
+    c = synth_case("CP", rng=np.random.default_rng(3), shape=(24, 80, 80))
+    cfg = PreprocessConfig(depth_mode="uniformize", depth=24, size_hw=(80, 80))
+    pre = build_pipeline(cfg).process(c.volume)
+    clear = clear_lungs(c.volume, pre, cfg)
+    assert clear is not None and clear.shape == pre.array.shape
+    changed = (clear != pre.array)[0]
+    values = np.unique(clear[0][changed])
+    assert values.size == 1  # one value: the scan's clear lung, in the lung window
+    parenchyma = c.volume.voxels[np.isin(c.tissue, [int(t) for t in LUNG_TISSUES]) & ~c.lesion_mask]
+    expected = to_channels(np.full((1, 1, 1), np.median(parenchyma), np.float32), Units.HU, cfg.windows_hu)
+    assert abs(values[0] - expected.item()) * 1500.0 < 20.0  # within 20 HU
+    back = to_input_grid(changed.astype(np.float32), pre, c.volume) > 0.5
+    lungs = np.isin(c.tissue, [int(t) for t in LUNG_TISSUES]) | c.lesion_mask
+    assert (back & c.lesion_mask).sum() > 0.8 * c.lesion_mask.sum()  # the consolidation is cleared
+    assert (back & lungs).sum() > 0.8 * back.sum()  # and little else: a rim of the heart at most
+    assert (back & (c.tissue == Tissue.BONE)).sum() < 0.01 * back.sum()  # ribs: a few edge voxels
+    no_lungs, _ = _phantom()
+    cfg2 = PreprocessConfig(size_hw=(40, 40))
+    assert clear_lungs(no_lungs, build_pipeline(cfg2).process(no_lungs), cfg2) is None
+
+
+class _Density(nn.Module):
+    """Class 0's logit is the mean input: everything denser than air is evidence for it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.mean(dim=(1, 2, 3, 4))
+        return torch.stack([y, -y], dim=1)
+
+
+def test_against_clear_lungs_the_heart_chest_wall_and_bones_are_no_evidence() -> None:
+    c = synth_case("CP", rng=np.random.default_rng(3), shape=(24, 80, 80))
+    cfg = PreprocessConfig(depth_mode="uniformize", depth=24, size_hw=(80, 80))
+    predictor = Predictor(_Density(), labels=["CP", "Normal"], preprocess=cfg)
+    kw = {"method": "gradxinput", "target": "CP", "restrict": "none"}
+    air, healthy = explain(predictor, c.volume, baseline="air", **kw), explain(predictor, c.volume, **kw)
+    assert (air.baseline, healthy.baseline) == ("air", "healthy")
+    field = restriction_mask(c.volume, cfg, "lungs")
+    far = ndimage.distance_transform_edt(~field, sampling=c.volume.spacing_mm) > 20.0  # beyond the smoothing
+    body = c.tissue != Tissue.AIR
+    assert air.heat[far & body].mean() > 0.3  # from air, all the body is evidence
+    assert healthy.heat[far].max() < 1e-6  # from clear lungs, only what differs from clear lung
+    assert (healthy.heat * c.lesion_mask).sum() / healthy.heat.sum() > 0.5  # the consolidation
+    no_lungs, _ = _phantom()
+    e = explain(Predictor(_Density(), labels=["CP", "Normal"], preprocess=PreprocessConfig(size_hw=(40, 40))),
+                no_lungs, **kw)  # fmt: skip
+    assert e.baseline == "air (no lung field found)" and e.heat.max() == 1.0
 
 
 class _GroundGlassDetector(nn.Module):
@@ -264,7 +335,7 @@ def test_the_cli_offers_every_method_and_the_same_defaults_as_the_api() -> None:
     import inspect
 
     from ctcovid.cli.predict_cmds import EXPLAIN_METHODS
-    from ctcovid.predict.explain import METHODS, RESTRICTIONS
+    from ctcovid.predict.explain import BASELINES, METHODS, RESTRICTIONS
 
     assert list(METHODS) == EXPLAIN_METHODS
     parser = argparse.ArgumentParser()
@@ -274,6 +345,9 @@ def test_the_cli_offers_every_method_and_the_same_defaults_as_the_api() -> None:
     assert args.method == defaults["method"].default == "ig"
     assert args.restrict == defaults["restrict"].default == "lungs"
     assert args.layer is defaults["layer"].default is None
+    assert args.baseline == defaults["baseline"].default == "healthy"
+    baseline = next(a for a in parser._actions if a.dest == "baseline")
+    assert list(baseline.choices) == list(BASELINES)
     restrict = next(a for a in parser._actions if a.dest == "restrict")
     assert list(restrict.choices) == list(RESTRICTIONS)
 

@@ -60,6 +60,7 @@ def test_health_model_docs_and_page(client) -> None:
     assert (
         params["method"]["schema"]["default"] == "ig" and params["restrict"]["schema"]["default"] == "lungs"
     )
+    assert params["baseline"]["schema"]["default"] == "healthy"
     select = page.split('<select id="method">')[1].split("</select>")[0]
     assert re.findall(r'value="([^"]+)"', select) == list(CAM_METHODS)
     assert '<option value="ig" selected>' in select
@@ -86,6 +87,9 @@ def test_explain_returns_probabilities_and_a_montage(client, uploads) -> None:
     assert base64.b64decode(body["montage_png"])[:4] == b"\x89PNG"
     default = _post(client, uploads["nifti"], "/v1/explain").json()
     assert default["method"] == "ig" and default["layer"] == "input"  # as `ctcovid explain`
+    assert default["baseline"] == "healthy"
+    air = _post(client, uploads["nifti"], "/v1/explain?method=gradxinput&baseline=air").json()
+    assert air["method"] == "gradxinput" and air["baseline"] == "air"
     unknown = _post(client, uploads["nifti"], "/v1/explain?method=shap")
     assert unknown.status_code == 422 and "method" in unknown.text
     png = _post(client, uploads["nifti"], "/v1/explain?format=png&target=Normal")

@@ -121,6 +121,13 @@ def _add_explain(p: argparse.ArgumentParser) -> None:
         help="keep heat only inside the lung field (default), the body, or anywhere",
     )
     p.add_argument(
+        "--baseline",
+        choices=["healthy", "air", "zero"],
+        default="healthy",
+        help="ig and gradxinput only: the reference the evidence is measured against: the same scan "
+        "with clear lungs (default), an all-air scan, or zeros",
+    )
+    p.add_argument(
         "--target", default=None, metavar="CLASS", help="class to explain (default: the predicted one)"
     )
     p.add_argument("--slices", type=int, default=6, help="slices in the montage (default 6)")
@@ -146,6 +153,7 @@ def _run_explain(args: argparse.Namespace) -> int:
                         layer=args.layer,
                         target=args.target,
                         restrict=args.restrict,
+                        baseline=args.baseline,
                     )
                 files = e.save(args.out, safe_stem(scan_id), n_slices=args.slices)
             except Exception as err:  # report and go on with the other scans
@@ -156,7 +164,8 @@ def _run_explain(args: argparse.Namespace) -> int:
                 tick(k + 1, len(scans))
             p = e.prediction
             print(
-                f"{scan_id}: {p.label} ({p.probs[p.label or '']:.3f}); {e.method} on {e.layer} for {e.target}; "
+                f"{scan_id}: {p.label} ({p.probs[p.label or '']:.3f}); {e.method} on {e.layer}"
+                f"{f' from {e.baseline}' if e.baseline else ''} for {e.target}; "
                 f"hottest slices {e.top_slices(args.slices)}"
             )
             for kind, f in files.items():

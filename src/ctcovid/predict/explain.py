@@ -3,11 +3,23 @@
 Methods (``method=``), for a target class ``c`` with logit ``y_c`` (default: the predicted class):
 
 * ``"ig"`` (default): integrated gradients (Sundararajan et al. 2017) at input resolution,
-  ``relu((x - b) * mean_k d y_c / d x (b + (k + 1/2) / steps * (x - b)))`` over ``steps`` points
-  of the straight path from a baseline ``b`` (default: an all-air scan) to the input, channels
-  summed, smoothed by a Gaussian of ``smooth_mm``. Costs ``steps`` forward + backward passes.
-* ``"gradxinput"``: the one-pass version, ``relu((x - b) * d y_c / d x)``: ~5x cheaper, as good on
+  ``(x - b) * mean_k d y_c / d x (b + (k + 1/2) / steps * (x - b))`` over ``steps`` points of the
+  straight path from a reference scan ``b`` to the input, channels summed. Costs ``steps``
+  forward + backward passes.
+* ``"gradxinput"``: the one-pass version, ``(x - b) * d y_c / d x``: ~5x cheaper, as good on
   consolidation, less sharp on ground glass (see below).
+
+The reference (``baseline=``) says what the evidence is measured against: ``"healthy"``
+(default) is the same scan with its lung field made clear lung (:func:`~ctcovid.predict.heatmap.clear_lungs`:
+the field as found, set to the median density of the scan's own aerated lung), so the map
+answers "what in these lungs makes this scan class c rather than the same chest with clear
+lungs": the heart, chest wall and bones, identical in both, get no attribution at all;
+``"air"`` is an all-air scan (everything denser than air is evidence; the heart and chest wall
+take part of the heat), ``"zero"`` an all-zero input. Without a lung field (none found) the
+healthy reference falls back to air, and :attr:`Explanation.baseline` says so. Attributions are
+smoothed by a Gaussian of ``smooth_mm`` *before* negative evidence is cut (``relu`` of the
+smoothed map: the net evidence of a neighbourhood), so the speckle of noisy parenchyma cancels
+instead of leaving a faint positive floor over the lungs.
 * ``"gradcam"`` (Selvaraju et al. 2017): ``relu(sum_k w_k A_k)`` on the activations ``A_k`` of a
   layer, ``w_k`` the mean over voxels of ``d y_c / d A_k``;
 * ``"gradcam++"`` (Chattopadhay et al. 2018): ``w_k = sum_ij alpha_ij relu(d y_c / d A_k,ij)``
@@ -28,15 +40,13 @@ What the measurement showed (``bench/bench_explain.py``, r3d_10 trained with ``f
 24 x 96 x 96 on 48 synthetic scans, 8 held-out lesion scans per task, CP and COVID-19 each
 against normal; table in ``bench/RESULTS.md``): Grad-CAM on ``layer4`` puts 2-3 % of its heat on
 the lesions, less than a uniform map over the body (enrichment 0.45-0.7, pointing game 0); finer
-layers, Grad-CAM++ and multi-layer maps stay at 0.7-1.4x. Integrated gradients restricted to the
-lung field (the default) put 36-42 % of the heat on the exact lesion mask (46-49 % within 5 mm,
-6-12x a uniform map over the body), 84-86 % of the hot voxels (heat >= 0.5) within 5 mm of a
-lesion, and the hottest voxel there in 75-100 % of scans; an untrained network of the same
-architecture, restricted alike, gets 19-23 %, 23-25 % and 0-12 %. Gradient x input matches IG
-on CP but not on COVID-19 (hot voxels 56 %, pointing 50 %). The lung field does most for
-Grad-CAM's blobs, but IG gains from it too: half of IG's heat otherwise falls on the heart and
-the chest wall next to the lesions. Guided Grad-CAM (the CAM times IG or gradient x input) beat
-IG on CP but not on COVID-19 (hot voxels 46-69 %), so it is not offered.
+layers, Grad-CAM++ and multi-layer maps stay at 0.7-1.4x. Integrated gradients from the healthy
+reference, restricted to the lung field (the default) put RESULT_IN of the heat on the exact
+lesion mask; from an all-air reference 36-42 %, the rest spread over the heart, the chest wall
+and the parenchyma. An untrained network of the same architecture, restricted alike, gets
+RESULT_UNTRAINED. Gradient x input matches IG on CP but not on COVID-19. Guided Grad-CAM (the
+CAM times IG or gradient x input) beat air-reference IG on CP but not on COVID-19, so it is not
+offered.
 
 Depth-n models see a scan as chunks; each chunk's map is brought to its slices and the chunks are
 stitched along z (overlaps averaged). The map is mapped back to the *input* scan's voxel grid by
@@ -63,7 +73,7 @@ from torch import nn
 
 from ctcovid.errors import CtcovidError
 from ctcovid.predict.cam import GRADCAM_METHODS, layer_cams, resolve_layers
-from ctcovid.predict.heatmap import montage_png, restriction_mask, to_input_grid, top_slices
+from ctcovid.predict.heatmap import clear_lungs, montage_png, restriction_mask, to_input_grid, top_slices
 from ctcovid.predict.predictor import Prediction, Predictor
 from ctcovid.preprocess.depth import Chunk
 from ctcovid.preprocess.intensity import air_value, to_channels
@@ -76,7 +86,7 @@ METHODS: tuple[str, ...] = (*ATTRIBUTION_METHODS, *GRADCAM_METHODS)
 #: Every method :func:`explain` accepts (the name the server and CLI import).
 CAM_METHODS: tuple[str, ...] = METHODS
 RESTRICTIONS: tuple[str, ...] = ("lungs", "body", "none")
-BASELINES: tuple[str, ...] = ("air", "zero")
+BASELINES: tuple[str, ...] = ("healthy", "air", "zero")
 _EPS = 1e-7
 
 
@@ -91,6 +101,7 @@ class Explanation:
     heat: np.ndarray  # float32 (D, H, W) in [0, 1], the input volume's grid
     heat_preprocessed: np.ndarray  # float32 (D', H', W') in [0, 1], the network's grid
     volume: Volume
+    baseline: str = ""  # the reference ig / gradxinput started from ("" for the CAM methods)
 
     def heat_volume(self) -> Volume:
         """The heatmap as a :class:`Volume` with the input scan's geometry (for NIfTI)."""
@@ -131,6 +142,7 @@ class Explanation:
             "prediction": self.prediction.to_dict(),
             "method": self.method,
             "layer": self.layer,
+            "baseline": self.baseline or None,
             "target": self.target,
             "top_slices": self.top_slices(n_slices),
         }
@@ -149,13 +161,15 @@ def attribution_maps(
     *,
     steps: int = 8,
     baseline: torch.Tensor | float = 0.0,
+    positive: bool = True,
 ) -> torch.Tensor:
     """Input-resolution attributions ``(B, D, H, W)`` (not normalised) of class ``target``.
 
-    ``ig``: integrated gradients from ``baseline`` (a tensor broadcastable to ``x``, e.g. one
-    value per channel, or a number) along the straight path, midpoint rule with ``steps``
-    points; ``gradxinput``: the gradient at ``x`` times ``x - baseline``. Channels are summed and
-    only positive evidence is kept. Runs with gradients on (no hooks): safe next to other threads.
+    ``ig``: integrated gradients from ``baseline`` (a tensor broadcastable to ``x``: a reference
+    scan per input, one value per channel, or a number) along the straight path, midpoint rule
+    with ``steps`` points; ``gradxinput``: the gradient at ``x`` times ``x - baseline``. Channels
+    are summed; with ``positive`` only positive evidence is kept, else the signed map is returned.
+    Runs with gradients on (no hooks): safe next to other threads.
     """
     if method not in ATTRIBUTION_METHODS:
         raise CtcovidError(f"unknown attribution method {method!r}; valid: {', '.join(ATTRIBUTION_METHODS)}")
@@ -170,11 +184,12 @@ def attribution_maps(
             xi = (x - (1.0 - a) * delta).requires_grad_(True)  # baseline + a * delta
             (g,) = torch.autograd.grad(model(xi)[:, target].sum(), xi)
             grad_sum += g.float()
-    return F.relu((delta.float() * grad_sum / len(fractions)).sum(dim=1))
+    signed = (delta.float() * grad_sum / len(fractions)).sum(dim=1)
+    return F.relu(signed) if positive else signed
 
 
 def _baseline(predictor: Predictor, units: Units, kind: str) -> torch.Tensor | float:
-    """The IG baseline: 0, or an all-air scan as the pipeline would present it (one value per channel)."""
+    """A constant reference: 0, or an all-air scan as the pipeline would present it (one value per channel)."""
     if kind == "zero":
         return 0.0
     cfg = predictor.preprocess_config
@@ -194,14 +209,14 @@ def explain(
     restrict: str = "lungs",
     steps: int = 8,
     smooth_mm: float = 3.0,
-    baseline: str = "air",
+    baseline: str = "healthy",
 ) -> Explanation:
     """Predict ``volume`` and explain the ``target`` class (default: the predicted one).
 
     ``method``: one of :data:`METHODS` (see the module docstring); ``layer``: for ``gradcam`` and
     ``gradcam++`` only, a layer name, ``"a+b"`` for several, or None / ``"auto"``; ``restrict``:
-    one of :data:`RESTRICTIONS`; ``steps``, ``smooth_mm`` and ``baseline`` (``"air"`` or
-    ``"zero"``) tune ``ig`` and ``gradxinput``.
+    one of :data:`RESTRICTIONS`; ``steps``, ``smooth_mm`` and ``baseline`` (one of
+    :data:`BASELINES`) tune ``ig`` and ``gradxinput``.
     """
     if method not in METHODS:
         raise CtcovidError(f"unknown explanation method {method!r}; valid: {', '.join(METHODS)}")
@@ -225,11 +240,24 @@ def explain(
         )
     t = predictor.labels.index(target)
     layers = resolve_layers(predictor, layer, chunks[0].array.shape) if method in GRADCAM_METHODS else []
-    base = _baseline(predictor, volume.units, baseline) if method in ATTRIBUTION_METHODS else 0.0
+    references: list[Chunk] | None = None
+    base: torch.Tensor | float = 0.0
+    used = ""
+    if method in ATTRIBUTION_METHODS:
+        used = baseline
+        if baseline == "healthy":
+            clear = clear_lungs(volume, pre, predictor.preprocess_config)
+            if clear is not None:
+                references = predictor.pipeline.chunks(clear, scan_id)
+            else:
+                used = "air (no lung field found)"
+        if references is None:
+            base = _baseline(predictor, volume.units, "zero" if baseline == "zero" else "air")
 
-    def chunk_heat(x: torch.Tensor) -> torch.Tensor:
+    def chunk_heat(x: torch.Tensor, reference: torch.Tensor | None) -> torch.Tensor:
         if not layers:
-            return attribution_maps(predictor.model, x, t, method, steps=steps, baseline=base)
+            b = base if reference is None else reference
+            return attribution_maps(predictor.model, x, t, method, steps=steps, baseline=b, positive=False)
         maps = []
         for cam in layer_cams(predictor.model, x, t, layers, method):  # (B, d, h', w') each
             up = F.interpolate(cam[:, None], size=tuple(x.shape[2:]), mode="trilinear", align_corners=False)
@@ -238,28 +266,34 @@ def explain(
             maps.append(up[:, 0])
         return torch.stack(maps).mean(dim=0)
 
-    heat_pre = stitch_chunks(predictor, chunks, pre.array.shape[1:], chunk_heat)
-    # Input-resolution maps are speckled and get smoothed; CAMs are smooth already.
+    heat_pre = stitch_chunks(predictor, chunks, pre.array.shape[1:], chunk_heat, references)
+    # Input-resolution maps are signed and speckled: smoothed, then cut at 0; CAMs are smooth already.
     heat, heat_pre = finish_heat(heat_pre, pre, volume, predictor, restrict, 0.0 if layers else smooth_mm)
     name = "+".join(layers) if layers else "input"
-    return Explanation(prediction, target, method, name, heat, heat_pre, volume)
+    return Explanation(prediction, target, method, name, heat, heat_pre, volume, used)
 
 
 def stitch_chunks(
     predictor: Predictor,
     chunks: Sequence[Chunk],
     shape: tuple[int, ...],
-    chunk_heat: Callable[[torch.Tensor], torch.Tensor],
+    chunk_heat: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+    references: Sequence[Chunk] | None = None,
 ) -> np.ndarray:
-    """``chunk_heat`` (a batch ``(B, C, d, H, W)`` -> maps ``(B, d, H, W)``) run over ``chunks``,
-    ``batch_size`` at a time, and stitched along z into one map of ``shape`` (D, H, W) on the
-    preprocessed grid; slices covered by several chunks get their mean."""
+    """``chunk_heat`` (a batch ``(B, C, d, H, W)`` and the same chunks of ``references`` or None
+    -> maps ``(B, d, H, W)``) run over ``chunks``, ``batch_size`` at a time, and stitched along z
+    into one map of ``shape`` (D, H, W) on the preprocessed grid; slices covered by several
+    chunks get their mean."""
     total = np.zeros(shape, dtype=np.float32)
     count = np.zeros(shape[0], dtype=np.float32)
+
+    def batch(items: Sequence[Chunk]) -> torch.Tensor:
+        return torch.from_numpy(np.stack([c.array for c in items])).to(predictor.device)
+
     for i in range(0, len(chunks), predictor.batch_size):
         part = chunks[i : i + predictor.batch_size]
-        x = torch.from_numpy(np.stack([c.array for c in part])).to(predictor.device)
-        for c, m in zip(part, chunk_heat(x).detach().cpu().numpy()):
+        ref = None if references is None else batch(references[i : i + predictor.batch_size])
+        for c, m in zip(part, chunk_heat(batch(part), ref).detach().cpu().numpy()):
             total[c.start : c.stop] += m[: c.stop - c.start]
             count[c.start : c.stop] += 1
     return total / np.maximum(count, 1)[:, None, None]
@@ -273,11 +307,12 @@ def finish_heat(
     restrict: str,
     smooth_mm: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A stitched map smoothed (``smooth_mm``, 0: not), mapped onto ``volume``'s grid, restricted
-    (one of :data:`RESTRICTIONS`) and normalised (max = 1): ``(heat on the input, heat_pre)``."""
+    """A stitched (possibly signed) map smoothed (``smooth_mm``, 0: not), cut at 0, mapped onto
+    ``volume``'s grid, restricted (one of :data:`RESTRICTIONS`) and normalised (max = 1):
+    ``(heat on the input, heat_pre)``."""
     if smooth_mm > 0:
         heat_pre = ndimage.gaussian_filter(heat_pre, [smooth_mm / s for s in pre.spacing_mm])
-    heat_pre = heat_pre.astype(np.float32)
+    heat_pre = np.maximum(heat_pre, 0).astype(np.float32)
     heat = to_input_grid(heat_pre, pre, volume)
     if restrict != "none":
         inside = restriction_mask(volume, predictor.preprocess_config, restrict)

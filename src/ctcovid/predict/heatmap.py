@@ -2,6 +2,8 @@
 
 * :func:`restriction_mask`: the lung field (aerated lung united with its left-right mirror, so a
   lobe consolidated on one side stays inside) or the body, on the input scan's grid;
+* :func:`clear_lungs`: the preprocessed scan with its lung field made clear lung: the reference
+  integrated gradients start from (see :mod:`ctcovid.predict.explain`);
 * :func:`to_input_grid`: a map on the preprocessed grid brought back to the input's voxels by
   inverting the preprocessing geometry (crop box, in-plane resize, z uniformization);
 * :func:`montage_png`: the most activated axial slices with the heatmap over the CT.
@@ -18,12 +20,14 @@ import numpy as np
 from scipy import ndimage
 
 from ctcovid.preprocess.body import BodyMask, find_body
-from ctcovid.preprocess.intensity import LUNG_WINDOW_HU, apply_window, display_to_unit
+from ctcovid.preprocess.intensity import LUNG_WINDOW_HU, apply_window, display_to_unit, to_channels
 from ctcovid.preprocess.pipeline import PreprocessConfig, Preprocessed
 from ctcovid.types import Units, Volume
 
 #: Aerated lung and ground glass lie below this, soft tissue and consolidation above.
 LUNG_THRESHOLD_HU = -300.0
+#: Aerated parts smaller than this fraction of the largest are not lung (stomach or bowel gas).
+MIN_LUNG_PART = 0.1
 
 # In-plane 4-neighbour cross on the coarse body grid (z spacing varies: no step mixes slices).
 _CROSS_2D = np.zeros((3, 3, 3), dtype=bool)
@@ -48,26 +52,33 @@ def restriction_mask(volume: Volume, config: PreprocessConfig, restrict: str) ->
     return body.sample(np.arange(d), np.arange(h), np.arange(w))
 
 
-def lung_field(volume: Volume, body: BodyMask) -> np.ndarray | None:
+def lung_threshold(units: Units) -> float:
+    """:data:`LUNG_THRESHOLD_HU` in ``units`` (slice images: in the lung window they were most likely written in)."""
+    if units == Units.HU:
+        return LUNG_THRESHOLD_HU
+    level, width = LUNG_WINDOW_HU
+    return float(np.clip((LUNG_THRESHOLD_HU - level + width / 2) / width, 0, 1)) * 255.0
+
+
+def lung_field(volume: Volume, body: BodyMask, *, widen: bool = True) -> np.ndarray | None:
     """The lung field on ``body``'s coarse grid (~3 mm voxels), dense lesions included; None if none.
 
     Aerated lung is what lies below :data:`LUNG_THRESHOLD_HU` inside the body, two coarse voxels
-    away from the skin (the body mask's edge holds air). A lobe filled by consolidation is as dense
+    away from the skin (the body mask's edge holds air), in connected parts of at least
+    :data:`MIN_LUNG_PART` of the largest one (gas in the stomach and bowel under the diaphragm is
+    a separate, smaller part). A lobe filled by consolidation is as dense
     as the heart, so no threshold finds it; the field is therefore the aerated lung united with
     its mirror image across the body's left-right centre (a unilateral lesion is covered by the
     other side's outline; bilateral ground glass is aerated enough to pass the threshold), widened
-    by one coarse voxel and kept inside the body. The mirror also covers part of the heart. Less
+    by one coarse voxel (``widen``: a heatmap drawn at a few mm per voxel must not lose a lesion's
+    edge on the pleura) and kept inside the body. The mirror also covers part of the heart. Less
     than 2 % of the body (no lungs in the field of view, both lungs consolidated) gives None.
     """
     sz, sy, sx = body.stride
     coarse = volume.voxels[::sz, ::sy, ::sx]
-    if volume.units == Units.HU:
-        threshold = LUNG_THRESHOLD_HU
-    else:  # slice images: assume the lung window they were most likely written in
-        level, width = LUNG_WINDOW_HU
-        threshold = float(np.clip((LUNG_THRESHOLD_HU - level + width / 2) / width, 0, 1)) * 255.0
+    threshold = lung_threshold(volume.units)
     core = ndimage.binary_erosion(body.mask, structure=_CROSS_2D, iterations=2)
-    aerated = core & (coarse < threshold)
+    aerated = _drop_small_parts(core & (coarse < threshold), MIN_LUNG_PART)
     # The left-right array axis: the one whose direction has the largest LPS x component.
     axis = int(np.argmax(np.abs(np.asarray(volume.direction)[0])))
     others = tuple(a for a in range(3) if a != axis)
@@ -77,10 +88,50 @@ def lung_field(volume: Volume, body: BodyMask) -> np.ndarray | None:
     n = aerated.shape[axis]
     mirror = np.clip(np.rint(extent[0] + extent[-1] - np.arange(n)).astype(np.intp), 0, n - 1)
     field = aerated | np.take(aerated, mirror, axis=axis)
-    field = ndimage.binary_dilation(field, structure=_CROSS_2D) & body.mask
+    if widen:
+        field = ndimage.binary_dilation(field, structure=_CROSS_2D)
+    field &= body.mask
     if field.sum() < 0.02 * body.mask.sum():
         return None
     return field
+
+
+def _drop_small_parts(mask: np.ndarray, fraction: float) -> np.ndarray:
+    """``mask`` without the 3D connected parts smaller than ``fraction`` of its largest part."""
+    labels, n = ndimage.label(mask)
+    if n <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return (sizes >= fraction * sizes.max())[labels]
+
+
+def clear_lungs(volume: Volume, pre: Preprocessed, config: PreprocessConfig) -> np.ndarray | None:
+    """``pre.array`` (the network's input for ``volume``) with the lung field set to clear lung.
+
+    The field is :func:`lung_field` as found (not widened, so the pleura and chest wall are kept);
+    clear lung is the median of the scan's own aerated lung (the field's voxels below
+    :data:`LUNG_THRESHOLD_HU`), a robust estimate while lesions cover less than half of the
+    aerated lung. Everything outside the field is left as it is. None when no lung field is found.
+    """
+    threshold = config.body_threshold_hu if volume.units == Units.HU else config.body_threshold_display
+    body = find_body(volume.voxels, volume.spacing_mm, units=volume.units, threshold=threshold, margin_mm=0.0)
+    if not body.found:
+        return None
+    field = lung_field(volume, body, widen=False)
+    if field is None:
+        return None
+    sz, sy, sx = body.stride
+    coarse = volume.voxels[::sz, ::sy, ::sx]
+    aerated = coarse[field & (coarse < lung_threshold(volume.units))]
+    if aerated.size == 0:
+        return None
+    clear = np.full((1, 1, 1), np.median(aerated), dtype=np.float32)
+    values = to_channels(clear, volume.units, config.windows_hu, config.in_channels)[:, 0, 0, 0]
+    inside = dataclasses.replace(body, mask=field).sample(*preprocessed_positions(pre, volume))
+    out = pre.array.copy()
+    out[:, inside] = values[:, None]
+    return out
 
 
 # --------------------------------------------------------------------------- geometry
@@ -110,6 +161,17 @@ def to_input_grid(heat: np.ndarray, pre: Preprocessed, volume: Volume) -> np.nda
         sampled = _interp_axis(sampled, pos, axis)
     out[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = sampled
     return out
+
+
+def preprocessed_positions(pre: Preprocessed, volume: Volume) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where the preprocessed grid's voxel centres lie in ``volume``'s voxel indices (z, y, x):
+    three 1D float arrays, the inverse of the mapping :func:`to_input_grid` uses."""
+    direction = np.asarray(volume.direction, dtype=np.float64)
+    offset = np.linalg.solve(direction, np.asarray(volume.origin_mm) - np.asarray(pre.origin_mm))
+    return tuple(  # type: ignore[return-value]
+        (pre.spacing_mm[axis] * np.arange(n, dtype=np.float64) - offset[axis]) / volume.spacing_mm[axis]
+        for axis, n in enumerate(pre.array.shape[1:])
+    )
 
 
 def _interp_axis(a: np.ndarray, pos: np.ndarray, axis: int) -> np.ndarray:

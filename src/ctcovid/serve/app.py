@@ -45,7 +45,7 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise MissingExtraError(e.name or "fastapi", "serve") from e
 
-from ctcovid.predict.explain import CAM_METHODS, RESTRICTIONS, explain
+from ctcovid.predict.explain import BASELINES, CAM_METHODS, RESTRICTIONS, explain
 from ctcovid.predict.inputs import ZipLimits, open_scan
 from ctcovid.predict.predictor import Predictor
 from ctcovid.serve.page import PAGE
@@ -258,6 +258,12 @@ def create_app(checkpoint: str | Path | Predictor, settings: ServeSettings | Non
             pattern="^(" + "|".join(RESTRICTIONS) + ")$",
             description="keep the heat inside the lung field (default), the body, or anywhere (none)",
         ),
+        baseline: str = Query(
+            "healthy",
+            pattern="^(" + "|".join(BASELINES) + ")$",
+            description="ig and gradxinput only: the reference the evidence is measured against: the "
+            "same scan with clear lungs (healthy, default), an all-air scan (air), or zeros",
+        ),
         format: str = Query(
             "json", pattern="^(json|png|nifti)$", description="json, png (montage) or nifti (heatmap)"
         ),
@@ -276,6 +282,7 @@ def create_app(checkpoint: str | Path | Predictor, settings: ServeSettings | Non
                     layer=layer,
                     target=target,
                     restrict=restrict,
+                    baseline=baseline,
                 )
             png = e.montage_png(settings.montage_slices)
             headers = {"X-Ctcovid-Label": str(e.prediction.label), "X-Ctcovid-Target": e.target}
