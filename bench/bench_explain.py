@@ -21,6 +21,10 @@ knows:
   on the dilated lesions;
 * ``point``: the share of scans whose hottest voxel lies on the dilated lesions.
 
+With ``--by-tissue`` it also prints where the rest of the heat goes, beyond the dilated lesions:
+``far lung`` (lung parenchyma), ``far soft`` (heart, mediastinum, muscle: inside the lung field
+where its mirror covers them), ``far other`` (fat, bone, airways).
+
 Figures are means over the held-out lesion scans (per-scan ratios averaged). The same variants
 run on an untrained network of the same architecture as a control (its figures show what the
 geometry alone gives). Run: ``python bench/bench_explain.py --task CP`` (on 2 shared CPU cores
@@ -192,6 +196,13 @@ def score(heat: np.ndarray, case: SynthCase, dilate_mm: float) -> dict[str, floa
         "lung": float((heat * near * lungs).sum()) / heat_lungs / lung_area,
         "hot+": float(near[hot].mean()) if hot.any() else 0.0,
         "point": float(near[np.unravel_index(np.argmax(heat), heat.shape)]),
+        "far lung": float((heat * (np.isin(case.tissue, [int(t) for t in LUNG_TISSUES]) & ~near)).sum())
+        / total,
+        "far soft": float((heat * ((case.tissue == Tissue.SOFT) & ~near)).sum()) / total,
+        "far other": float(
+            (heat * (np.isin(case.tissue, [Tissue.FAT, Tissue.BONE, Tissue.AIRWAY]) & ~near)).sum()
+        )
+        / total,
     }
 
 
@@ -241,6 +252,7 @@ def main() -> None:
     ap.add_argument("--work", default="", help="folder for the cohort and the run (default: a temporary one)")
     ap.add_argument("--save", default="", help="folder for montages of the first lesion test scan")
     ap.add_argument("--no-control", action="store_true", help="skip the untrained control")
+    ap.add_argument("--by-tissue", action="store_true", help="add where the heat beyond the lesions goes")
     ap.add_argument("--quick", action="store_true", help="tiny smoke run")
     args = ap.parse_args()
     if args.quick:
@@ -276,6 +288,8 @@ def main() -> None:
     )
     wanted = [v for v in VARIANTS if not args.variants or v.name in args.variants.split(";")]
     cols = ["in", "in+", "area+", "enr", "lung", "hot+", "point", "s/scan"]
+    if args.by_tissue:
+        cols[-1:-1] = ["far lung", "far soft", "far other"]
     print(f"lesion mask dilated +{args.dilate_mm:g} mm for in+/area+/enr/lung/point")
     header = f"| variant | {' | '.join(cols)} | untrained: in / enr / hot+ / point |"
     print(header)
