@@ -44,7 +44,8 @@ the lesions, less than a uniform map over the body (enrichment 0.45-0.7, pointin
 layers, Grad-CAM++ and multi-layer maps stay at 0.7-1.4x. Integrated gradients from the healthy
 reference, restricted to the lung field (the default), put 56 % of all the heat on the exact
 lesion mask on both tasks (61-65 % within 5 mm; 83-89 % of the hot voxels, heat >= 0.5, within
-5 mm of a lesion); from an all-air reference 40-43 %, the rest spread as a faint tail over the
+5 mm of a lesion; models trained with a second seed: 78 % and 48 %); from an all-air reference
+40-43 %, the rest spread as a faint tail over the
 parenchyma, the heart and the chest wall. An untrained network of the same architecture gets
 29-31 % from the healthy reference (18-22 % from air): the reference alone moves heat towards
 what differs from clear lung, the trained network adds 25-27 points to that. Gradient x input
