@@ -15,16 +15,15 @@ Methods (``method=``), for a target class ``c`` with logit ``y_c`` (default: the
 
 For ``ig`` and ``gradxinput`` the reference (``baseline=``) says what the evidence is measured
 against: ``"healthy"`` (default) is the same scan with its lung field made clear lung
-(:func:`~ctcovid.predict.heatmap.clear_lungs`: the field as found, set to the median density of
-the scan's own aerated lung), so the map
-answers "what in these lungs makes this scan class c rather than the same chest with clear
-lungs": the heart, chest wall and bones, identical in both, get no attribution at all;
-``"air"`` is an all-air scan (everything denser than air is evidence; the heart and chest wall
-take part of the heat), ``"zero"`` an all-zero input. Without a lung field (none found) the
-healthy reference falls back to air, and :attr:`Explanation.baseline` says so. Attributions are
-smoothed by a Gaussian of ``smooth_mm`` *before* negative evidence is cut (``relu`` of the
-smoothed map: the net evidence of a neighbourhood), so the speckle of noisy parenchyma cancels
-instead of leaving a faint positive floor over the lungs.
+(:func:`~ctcovid.predict.heatmap.clear_lungs`: the field as found, set to the median density of the
+scan's own aerated lung), so the map answers "what in these lungs makes this scan class c rather
+than the same chest with clear lungs": the heart, chest wall and bones, identical in both, get no
+attribution at all; ``"air"`` is an all-air scan (everything denser than air is evidence; the heart
+and chest wall take part of the heat), ``"zero"`` an all-zero input. Without a lung field (none
+found) the healthy reference falls back to air, and :attr:`Explanation.baseline` says so.
+Attributions are smoothed by a Gaussian of ``smooth_mm`` *before* negative evidence is cut
+(``relu`` of the smoothed map: the net evidence of a neighbourhood), so the speckle of noisy
+parenchyma cancels instead of leaving a faint positive floor over the lungs.
 
 For the CAM methods ``layer`` names the layer (``"layer2+layer3"`` averages the per-layer maps,
 each normalised); the default (``None`` or ``"auto"``) is the deepest stage whose output grid is
@@ -38,19 +37,18 @@ consolidated on one side stays inside, falling back to the body when no lungs ar
 ``"body"`` (the body mask of :mod:`ctcovid.preprocess.body`), or ``"none"``.
 
 What the measurement showed (``bench/bench_explain.py``, r3d_10 trained with ``fit`` at
-24 x 96 x 96 on 48 synthetic scans, 8 held-out lesion scans per task, CP and COVID-19 each
-against normal; table in ``bench/RESULTS.md``): Grad-CAM on ``layer4`` puts 2-3 % of its heat on
-the lesions, less than a uniform map over the body (enrichment 0.45-0.7, pointing game 0); finer
-layers, Grad-CAM++ and multi-layer maps stay at 0.7-1.4x. Integrated gradients from the healthy
-reference, restricted to the lung field (the default), put 56 % of all the heat on the exact
-lesion mask on both tasks (61-65 % within 5 mm; 83-89 % of the hot voxels, heat >= 0.5, within
-5 mm of a lesion; models trained with a second seed: 78 % and 48 %); from an all-air reference
-40-43 %, the rest spread as a faint tail over the
-parenchyma, the heart and the chest wall. An untrained network of the same architecture gets
-29-31 % from the healthy reference (18-22 % from air): the reference alone moves heat towards
-what differs from clear lung, the trained network adds 25-27 points to that. Gradient x input
-matches IG on consolidation (CP) but not on ground glass. Guided Grad-CAM (the CAM times IG or
-gradient x input) beat air-reference IG on CP but not on COVID-19, so it is not offered. Where
+24 x 96 x 96 on 48 synthetic scans, 8 held-out lesion scans per task, CP and COVID-19 each against normal;
+table in ``bench/RESULTS.md``): Grad-CAM on ``layer4`` puts 2-3 % of its heat on the lesions, less
+than a uniform map over the body (enrichment 0.45-0.7, pointing game 0); finer layers, Grad-CAM++
+and multi-layer maps stay at 0.7-1.4x. Integrated gradients from the healthy reference, restricted
+to the lung field (the default), put 56 % of all the heat on the exact lesion mask on both tasks
+(61-65 % within 5 mm; 83-89 % of the hot voxels, heat >= 0.5, within 5 mm of a lesion; models
+trained with a second seed: 78 % and 48 %); from an all-air reference 40-43 %, the rest spread as a
+faint tail over the parenchyma, the heart and the chest wall. An untrained network of the same
+architecture gets 29-31 % from the healthy reference (18-22 % from air): the reference alone moves
+heat towards what differs from clear lung, the trained network adds 25-27 points to that. Gradient
+x input matches IG on consolidation (CP) but not on ground glass. Guided Grad-CAM (the CAM times IG
+or gradient x input) beat air-reference IG on CP but not on COVID-19, so it is not offered. Where
 the lung field's mirror covers the heart, soft tissue still takes heat (17-26 % of it here).
 
 Depth-n models see a scan as chunks; each chunk's map is brought to its slices and the chunks are

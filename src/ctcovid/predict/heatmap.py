@@ -65,14 +65,14 @@ def lung_field(volume: Volume, body: BodyMask, *, widen: bool = True) -> np.ndar
 
     Aerated lung is what lies below :data:`LUNG_THRESHOLD_HU` inside the body, two coarse voxels
     away from the skin (the body mask's edge holds air), in connected parts of at least
-    :data:`MIN_LUNG_PART` of the largest one (gas in the stomach and bowel under the diaphragm is
-    a separate, smaller part). A lobe filled by consolidation is as dense
-    as the heart, so no threshold finds it; the field is therefore the aerated lung united with
-    its mirror image across the body's left-right centre (a unilateral lesion is covered by the
-    other side's outline; bilateral ground glass is aerated enough to pass the threshold), widened
-    by one coarse voxel (``widen``: a heatmap drawn at a few mm per voxel must not lose a lesion's
-    edge on the pleura) and kept inside the body. The mirror also covers part of the heart. Less
-    than 2 % of the body (no lungs in the field of view, both lungs consolidated) gives None.
+    :data:`MIN_LUNG_PART` of the largest one (gas in the stomach and bowel under the diaphragm is a
+    separate, smaller part). A lobe filled by consolidation is as dense as the heart, so no
+    threshold finds it; the field is therefore the aerated lung united with its mirror image across
+    the body's left-right centre (a unilateral lesion is covered by the other side's outline;
+    bilateral ground glass is aerated enough to pass the threshold), widened by one coarse voxel
+    (``widen``: a heatmap drawn at a few mm per voxel must not lose a lesion's edge on the pleura)
+    and kept inside the body. The mirror also covers part of the heart. Less than 2 % of the body
+    (no lungs in the field of view, both lungs consolidated) gives None.
     """
     sz, sy, sx = body.stride
     coarse = volume.voxels[::sz, ::sy, ::sx]
