@@ -18,11 +18,11 @@ import platform
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from _timing import best_of
 from ctcovid.io import CANONICAL_DIRECTION, load_volume, write_dicom_series
 from ctcovid.types import Volume
 
@@ -43,16 +43,6 @@ def machine_info() -> str:
         f"platform {platform.platform()} | python {platform.python_version()} | cpus {os.cpu_count()} | "
         f"torch {torch.__version__} | numpy {np.__version__} | git {commit}"
     )
-
-
-def best_of(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm: page cache, imports, lazy plugin loading
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def sitk_read(folder: Path) -> np.ndarray:

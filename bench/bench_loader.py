@@ -29,15 +29,14 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from _timing import best_of
 from ctcovid.data.cache import PreprocessCache
 from ctcovid.data.dataset import CachedDataset
 from ctcovid.data.manifest import ManifestRow
@@ -157,16 +156,6 @@ def train_rate(shape: tuple[int, ...], reps: int) -> tuple[float, str]:
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
     return shape[0] / min(times[1:]), "; ".join(plan.notes)
-
-
-def best_of(fn: Callable[[], Any], n: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def augment_breakdown(sample: np.ndarray) -> dict[str, float]:
