@@ -120,7 +120,8 @@ def guided_gradcam(
         return up * attribution_maps(predictor.model, x, t, guided, baseline=base)
 
     heat_pre = stitch_chunks(predictor, chunks, pre.array.shape[1:], chunk_heat)
-    heat, heat_pre = finish_heat(heat_pre, pre, volume, predictor, restrict, smooth_mm)
+    inside = restriction_mask(volume, predictor.preprocess_config, restrict) if restrict != "none" else None
+    heat, heat_pre = finish_heat(heat_pre, pre, volume, inside, smooth_mm)
     return Explanation(
         prediction, target, "guided-gradcam", "+".join(layers) + "*input", heat, heat_pre, volume
     )

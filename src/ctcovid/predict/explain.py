@@ -76,7 +76,7 @@ from torch import nn
 
 from ctcovid.errors import CtcovidError
 from ctcovid.predict.cam import GRADCAM_METHODS, layer_cams, resolve_layers
-from ctcovid.predict.heatmap import clear_lungs, montage_png, restriction_mask, to_input_grid, top_slices
+from ctcovid.predict.heatmap import clear_lungs, find_regions, montage_png, to_input_grid, top_slices
 from ctcovid.predict.predictor import Prediction, Predictor
 from ctcovid.preprocess.depth import Chunk
 from ctcovid.preprocess.intensity import air_value, to_channels
@@ -246,10 +246,13 @@ def explain(
     references: list[Chunk] | None = None
     base: torch.Tensor | float = 0.0
     used = ""
+    healthy = method in ATTRIBUTION_METHODS and baseline == "healthy"
+    # The body and lung field, found once for the reference and the restriction.
+    regions = find_regions(volume, predictor.preprocess_config) if healthy or restrict != "none" else None
     if method in ATTRIBUTION_METHODS:
         used = baseline
-        if baseline == "healthy":
-            clear = clear_lungs(volume, pre, predictor.preprocess_config)
+        if healthy:
+            clear = clear_lungs(volume, pre, predictor.preprocess_config, regions)
             if clear is not None:
                 references = predictor.pipeline.chunks(clear, scan_id)
             else:
@@ -271,7 +274,8 @@ def explain(
 
     heat_pre = stitch_chunks(predictor, chunks, pre.array.shape[1:], chunk_heat, references)
     # Input-resolution maps are signed and speckled: smoothed, then cut at 0; CAMs are smooth already.
-    heat, heat_pre = finish_heat(heat_pre, pre, volume, predictor, restrict, 0.0 if layers else smooth_mm)
+    inside = regions.mask(restrict) if regions is not None and restrict != "none" else None
+    heat, heat_pre = finish_heat(heat_pre, pre, volume, inside, 0.0 if layers else smooth_mm)
     name = "+".join(layers) if layers else "input"
     return Explanation(prediction, target, method, name, heat, heat_pre, volume, used)
 
@@ -306,21 +310,18 @@ def finish_heat(
     heat_pre: np.ndarray,
     pre: Preprocessed,
     volume: Volume,
-    predictor: Predictor,
-    restrict: str,
+    inside: np.ndarray | None,
     smooth_mm: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A stitched (possibly signed) map smoothed (``smooth_mm``, 0: not), cut at 0, mapped onto
-    ``volume``'s grid, restricted (one of :data:`RESTRICTIONS`) and normalised (max = 1):
-    ``(heat on the input, heat_pre)``."""
+    ``volume``'s grid, kept ``inside`` (a mask on that grid, e.g. :meth:`~ctcovid.predict.heatmap.Regions.mask`; None:
+    anywhere) and normalised (max = 1): ``(heat on the input, heat_pre)``."""
     if smooth_mm > 0:
         heat_pre = ndimage.gaussian_filter(heat_pre, [smooth_mm / s for s in pre.spacing_mm])
     heat_pre = np.maximum(heat_pre, 0).astype(np.float32)
     heat = to_input_grid(heat_pre, pre, volume)
-    if restrict != "none":
-        inside = restriction_mask(volume, predictor.preprocess_config, restrict)
-        if inside is not None:
-            heat *= inside
+    if inside is not None:
+        heat *= inside
     for a in (heat, heat_pre):
         peak = float(a.max())
         if peak > 0:

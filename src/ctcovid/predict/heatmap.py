@@ -1,7 +1,8 @@
 """A heatmap on the scan a clinician opened: where it may lie, how it maps back, how it is drawn.
 
-* :func:`restriction_mask`: the lung field (aerated lung united with its left-right mirror, so a
-  lobe consolidated on one side stays inside) or the body, on the input scan's grid;
+* :func:`find_regions` / :func:`restriction_mask`: the lung field (aerated lung united with its
+  left-right mirror, so a lobe consolidated on one side stays inside) or the body, on the input
+  scan's grid, found once per scan;
 * :func:`clear_lungs`: the preprocessed scan with its lung field made clear lung: the reference
   integrated gradients start from (see :mod:`ctcovid.predict.explain`);
 * :func:`to_input_grid`: a map on the preprocessed grid brought back to the input's voxels by
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -35,21 +37,42 @@ _CROSS_2D[1] = ndimage.generate_binary_structure(2, 1)
 
 
 # --------------------------------------------------------------------------- restriction
-def restriction_mask(volume: Volume, config: PreprocessConfig, restrict: str) -> np.ndarray | None:
-    """Where heat may stay on ``volume``'s grid for ``restrict`` ("lungs" or "body"); None: anywhere.
+@dataclass(frozen=True)
+class Regions:
+    """Where a lesion can lie on one scan, found once (:func:`find_regions`): the body and the lung
+    field as found, both on the body's coarse grid (~3 mm voxels)."""
 
-    The lungs fall back to the body when no lung field is found, the body to None.
-    """
+    body: BodyMask
+    lungs: np.ndarray | None  # :func:`lung_field`; None: no lung field (or no body) found
+
+    def mask(self, restrict: str) -> np.ndarray | None:
+        """Where heat may stay on the scan's grid for ``restrict`` ("lungs" or "body"); None: anywhere.
+
+        The lung field is widened by one coarse voxel (a heatmap drawn at a few mm per voxel must
+        not lose a lesion's edge on the pleura) and kept inside the body; it falls back to the
+        body when no lung field was found, the body to None.
+        """
+        if not self.body.found:
+            return None
+        body = self.body
+        if restrict == "lungs" and self.lungs is not None:
+            body = dataclasses.replace(
+                body, mask=ndimage.binary_dilation(self.lungs, structure=_CROSS_2D) & body.mask
+            )
+        d, h, w = body.full_shape
+        return body.sample(np.arange(d), np.arange(h), np.arange(w))
+
+
+def find_regions(volume: Volume, config: PreprocessConfig) -> Regions:
+    """The body (``config``'s threshold, no margin) and the lung field of ``volume``."""
     threshold = config.body_threshold_hu if volume.units == Units.HU else config.body_threshold_display
     body = find_body(volume.voxels, volume.spacing_mm, units=volume.units, threshold=threshold, margin_mm=0.0)
-    if not body.found:
-        return None
-    if restrict == "lungs":
-        field = lung_field(volume, body)
-        if field is not None:
-            body = dataclasses.replace(body, mask=field)
-    d, h, w = volume.shape
-    return body.sample(np.arange(d), np.arange(h), np.arange(w))
+    return Regions(body, lung_field(volume, body) if body.found else None)
+
+
+def restriction_mask(volume: Volume, config: PreprocessConfig, restrict: str) -> np.ndarray | None:
+    """``find_regions(volume, config).mask(restrict)``: where heat may stay; None: anywhere."""
+    return find_regions(volume, config).mask(restrict)
 
 
 def lung_threshold(units: Units) -> float:
@@ -60,7 +83,7 @@ def lung_threshold(units: Units) -> float:
     return float(np.clip((LUNG_THRESHOLD_HU - level + width / 2) / width, 0, 1)) * 255.0
 
 
-def lung_field(volume: Volume, body: BodyMask, *, widen: bool = True) -> np.ndarray | None:
+def lung_field(volume: Volume, body: BodyMask) -> np.ndarray | None:
     """The lung field on ``body``'s coarse grid (~3 mm voxels), dense lesions included; None if none.
 
     Aerated lung is what lies below :data:`LUNG_THRESHOLD_HU` inside the body, two coarse voxels
@@ -69,10 +92,9 @@ def lung_field(volume: Volume, body: BodyMask, *, widen: bool = True) -> np.ndar
     separate, smaller part). A lobe filled by consolidation is as dense as the heart, so no
     threshold finds it; the field is therefore the aerated lung united with its mirror image across
     the body's left-right centre (a unilateral lesion is covered by the other side's outline;
-    bilateral ground glass is aerated enough to pass the threshold), widened by one coarse voxel
-    (``widen``: a heatmap drawn at a few mm per voxel must not lose a lesion's edge on the pleura)
-    and kept inside the body. The mirror also covers part of the heart. Less than 2 % of the body
-    (no lungs in the field of view, both lungs consolidated) gives None.
+    bilateral ground glass is aerated enough to pass the threshold), kept inside the body. The
+    mirror also covers part of the heart. Less than 2 % of the body (no lungs in the field of view,
+    both lungs consolidated) gives None.
     """
     sz, sy, sx = body.stride
     coarse = volume.voxels[::sz, ::sy, ::sx]
@@ -87,10 +109,7 @@ def lung_field(volume: Volume, body: BodyMask, *, widen: bool = True) -> np.ndar
         return None
     n = aerated.shape[axis]
     mirror = np.clip(np.rint(extent[0] + extent[-1] - np.arange(n)).astype(np.intp), 0, n - 1)
-    field = aerated | np.take(aerated, mirror, axis=axis)
-    if widen:
-        field = ndimage.binary_dilation(field, structure=_CROSS_2D)
-    field &= body.mask
+    field = (aerated | np.take(aerated, mirror, axis=axis)) & body.mask
     if field.sum() < 0.02 * body.mask.sum():
         return None
     return field
@@ -106,19 +125,19 @@ def _drop_small_parts(mask: np.ndarray, fraction: float) -> np.ndarray:
     return (sizes >= fraction * sizes.max())[labels]
 
 
-def clear_lungs(volume: Volume, pre: Preprocessed, config: PreprocessConfig) -> np.ndarray | None:
+def clear_lungs(
+    volume: Volume, pre: Preprocessed, config: PreprocessConfig, regions: Regions | None = None
+) -> np.ndarray | None:
     """``pre.array`` (the network's input for ``volume``) with the lung field set to clear lung.
 
-    The field is :func:`lung_field` as found (not widened, so the pleura and chest wall are kept);
-    clear lung is the median of the scan's own aerated lung (the field's voxels below
-    :data:`LUNG_THRESHOLD_HU`), a robust estimate while lesions cover less than half of the
-    aerated lung. Everything outside the field is left as it is. None when no lung field is found.
+    The field is :func:`lung_field` as found (not widened, so the pleura and chest wall are kept;
+    ``regions``: found already, else found here); clear lung is the median of the scan's own
+    aerated lung (the field's voxels below :data:`LUNG_THRESHOLD_HU`), a robust estimate while
+    lesions cover less than half of the aerated lung. Everything outside the field is left as it
+    is. None when no lung field is found.
     """
-    threshold = config.body_threshold_hu if volume.units == Units.HU else config.body_threshold_display
-    body = find_body(volume.voxels, volume.spacing_mm, units=volume.units, threshold=threshold, margin_mm=0.0)
-    if not body.found:
-        return None
-    field = lung_field(volume, body, widen=False)
+    regions = regions if regions is not None else find_regions(volume, config)
+    field, body = regions.lungs, regions.body
     if field is None:
         return None
     sz, sy, sx = body.stride
