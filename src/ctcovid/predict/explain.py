@@ -314,8 +314,9 @@ def finish_heat(
     smooth_mm: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A stitched (possibly signed) map smoothed (``smooth_mm``, 0: not), cut at 0, mapped onto
-    ``volume``'s grid, kept ``inside`` (a mask on that grid, e.g. :meth:`~ctcovid.predict.heatmap.Regions.mask`; None:
-    anywhere) and normalised (max = 1): ``(heat on the input, heat_pre)``."""
+    ``volume``'s grid, kept ``inside`` (a mask on that grid, e.g. from
+    :meth:`~ctcovid.predict.heatmap.Regions.mask`; None: anywhere) and normalised (max = 1):
+    ``(heat on the input, heat_pre)``."""
     if smooth_mm > 0:
         heat_pre = ndimage.gaussian_filter(heat_pre, [smooth_mm / s for s in pre.spacing_mm])
     heat_pre = np.maximum(heat_pre, 0).astype(np.float32)
