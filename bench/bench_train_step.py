@@ -2,6 +2,7 @@
 
     python bench/bench_train_step.py [--quick] [--models r3d_18 ...] [--inputs 1x1x40x128x128 ...]
         [--reps 5] [--clock wall|cpu] [--threads N] [--bf16 auto|on|off] [--compile] [--crash-demo] [--check]
+        [--device cpu|cuda]
 
 One training step = forward, cross-entropy, backward and an Adam step (lr 1e-3), on a random batch
 of the given input shape ``BxCxDxHxW``. Configurations, all built from the same weights:
@@ -39,6 +40,11 @@ jobs on the machine cannot inflate: use it for ratios on a shared box. ``--crash
 known torch crash (channels_last_3d + bf16 backward on 3-channel 4-slice input) in a subprocess,
 raw and with depth folding. ``--check`` compares every bf16 3D convolution with fp32 at the
 shapes each model sees, raw and folded.
+
+``--device cuda`` runs every configuration on the GPU (timed with ``torch.cuda.synchronize``):
+``bf16 raw`` is then always timed (the CPU kernel bug does not exist there), ``tuned`` is what
+``fit`` runs on CUDA (bf16 autocast, no folding, fused Adam, cudnn benchmark), and the peak probe
+runs on the GPU too. ``--crash-demo`` and ``--check`` stay CPU-only.
 """
 
 from __future__ import annotations
@@ -90,6 +96,11 @@ def machine_info() -> list[str]:
         f"load average {load:.1f}",
         f"torch {torch.__version__} (cuda available: {torch.cuda.is_available()}), monai {monai_version}, "
         f"numpy {np.__version__}; native bf16 on this CPU: {speed.cpu_has_native_bf16()}",
+        *(
+            [f"gpu: {torch.cuda.get_device_name()}, cudnn {torch.backends.cudnn.version()}"]
+            if torch.cuda.is_available()
+            else []
+        ),
     ]
 
 
@@ -168,7 +179,7 @@ def make_step(
     loss_fn = nn.CrossEntropyLoss()
 
     def step() -> None:
-        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        with torch.autocast(x.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             logits = model(x)
         loss_fn(logits.float(), y).backward()
         optimizer.step()
@@ -177,15 +188,17 @@ def make_step(
     return step
 
 
-def peak_probes(bf16: bool = True, shape: tuple[int, ...] = PEAK_SHAPE) -> dict[str, Step]:
+def peak_probes(
+    bf16: bool = True, shape: tuple[int, ...] = PEAK_SHAPE, device: str = "cpu"
+) -> dict[str, Step]:
     """Forward of one large 3x3x3 convolution per dtype and layout (the machine's conv3d peak)."""
     g = torch.Generator().manual_seed(1)
     probes: dict[str, Step] = {}
     dtypes = (("fp32", torch.float32), ("bf16", torch.bfloat16)) if bf16 else (("fp32", torch.float32),)
     for label, dtype in dtypes:
         for cl in (False, True):
-            conv = nn.Conv3d(64, 64, 3, padding=1, bias=False).to(dtype)
-            x = torch.randn(shape, generator=g).to(dtype)
+            conv = nn.Conv3d(64, 64, 3, padding=1, bias=False).to(device, dtype)
+            x = torch.randn(shape, generator=g).to(device, dtype)
             if cl:
                 conv = conv.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
                 x = x.contiguous(memory_format=torch.channels_last_3d)
@@ -211,10 +224,13 @@ def peak_flops(shape: tuple[int, ...] = PEAK_SHAPE) -> int:
 
 # --------------------------------------------------------------------------- timing
 class Clock:
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, cuda: bool = False) -> None:
         self.kind = kind
+        self.cuda = cuda
 
     def __call__(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()  # the GPU's queued work belongs to the step being timed
         return time.thread_time() if self.kind == "cpu" else time.perf_counter()
 
 
@@ -234,8 +250,9 @@ def bench_one(
 ) -> list[dict[str, Any]]:
     torch.manual_seed(0)
     b, c, depth = shape[:3]
-    x = torch.rand(shape)
-    y = torch.randint(0, 3, (b,))
+    dev = torch.device(args.device)
+    x = torch.rand(shape).to(dev)
+    y = torch.randint(0, 3, (b,)).to(dev)
     base = create_model(name, in_channels=c)
     n_params = sum(p.numel() for p in base.parameters())
     steps: dict[str, Step] = {}
@@ -245,25 +262,25 @@ def bench_one(
         n_theirs = sum(p.numel() for p in theirs.parameters())
         if n_theirs != n_params:
             notes.append(f"MONAI model has {n_theirs} parameters, ours {n_params}")
-        steps["monai fp32"] = make_step(theirs, x, y)
+        steps["monai fp32"] = make_step(theirs.to(dev), x, y)
     else:
         notes.append("no MONAI model of this architecture: speed-ups are against our fp32")
-    steps["fp32"] = make_step(copy.deepcopy(base), x, y)
-    raw = copy.deepcopy(base)
-    folded = copy.deepcopy(base)
-    fold.fold_thin_convs(folded)
     inputs = speed.conv3d_inputs(base, shape)
     thin = fold.thin_convs(base, inputs)
-    cpu = torch.device("cpu")
+    steps["fp32"] = make_step(copy.deepcopy(base).to(dev), x, y)
+    raw = copy.deepcopy(base).to(dev)
+    folded = copy.deepcopy(base)
+    fold.fold_thin_convs(folded)
+    folded = folded.to(dev)
     if thin:
         notes.append(f"{len(thin)} of {len(inputs)} 3D convolutions see inputs thinner than their kernel")
     if not args.bf16:
         notes.append("bf16 not timed: no native bf16 on this CPU (--bf16 on forces it)")
     else:
-        if thin and args.raw:
+        if thin and (args.raw or dev.type == "cuda"):
             steps["bf16 raw"] = make_step(raw, x, y, dtype=torch.bfloat16)
         steps["bf16"] = make_step(folded, x, y, dtype=torch.bfloat16)
-        if speed.channels_last_crash_case(cpu, torch.bfloat16, c, depth):
+        if speed.channels_last_crash_case(dev, torch.bfloat16, c, depth):
             notes.append(
                 "bf16+cl skipped: the known torch crash case (3+ channels, <= 4 slices); see --crash-demo"
             )
@@ -271,18 +288,18 @@ def bench_one(
             steps["bf16+cl"] = make_step(
                 copy.deepcopy(folded), x, y, dtype=torch.bfloat16, channels_last=True
             )
-    tuned = copy.deepcopy(base)
+    tuned = copy.deepcopy(base).to(dev)
     plan = speed.plan_execution(
-        tuned, cpu, precision="auto", channels_last="auto", compile=False, shape=shape
+        tuned, dev, precision="auto", channels_last="auto", compile=False, shape=shape
     )
     steps["tuned"] = make_step(
         tuned, x, y, dtype=plan.autocast_dtype, channels_last=plan.channels_last, fused=plan.fused_optimizer
     )
     notes.append("tuned = " + "; ".join([*plan.notes, "fused Adam" if plan.fused_optimizer else "Adam"]))
     if args.compile:
-        compiled = copy.deepcopy(base)
+        compiled = copy.deepcopy(base).to(dev)
         cplan = speed.plan_execution(
-            compiled, cpu, precision="auto", channels_last="auto", compile=True, shape=shape
+            compiled, dev, precision="auto", channels_last="auto", compile=True, shape=shape
         )
         compiled.compile()
         step = make_step(compiled, x, y, dtype=cplan.autocast_dtype, channels_last=cplan.channels_last,
@@ -299,7 +316,7 @@ def bench_one(
     nominal, useful = count_flops(steps["fp32"])
     for step in steps.values():
         step()  # warm-up: oneDNN primitives, allocator
-    probes = peak_probes(bf16=args.bf16)
+    probes = peak_probes(bf16=args.bf16, device=args.device)
     times: dict[str, list[float]] = {}
     reps = args.reps if useful < 1e12 else max(2, args.reps // 2)
     timed_rounds({**steps, **{f"peak {k}": v for k, v in probes.items()}}, reps, clock, times)
@@ -429,12 +446,17 @@ def main() -> None:
     ap.add_argument("--crash-demo", action="store_true", help="run the known torch crash in a subprocess")
     ap.add_argument("--check", action="store_true", help="compare bf16 with fp32 for every convolution")
     ap.add_argument("--raw", action="store_true", help="also time bf16 without depth folding (may crash)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the steps run")
     args = ap.parse_args()
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            ap.error("--device cuda: CUDA is not available here")
+        torch.backends.cudnn.benchmark = True  # as fit does on CUDA
     models = args.models or (["r3d_18"] if args.quick else ALL_MODELS)
     shapes = args.inputs or [parse_shape(s) for s in ALL_INPUTS]
     if args.quick:
         args.reps = min(args.reps, 3)
-    native_bf16 = speed.cpu_has_native_bf16()
+    native_bf16 = speed.native_bf16(torch.device(args.device))
     args.bf16 = args.bf16 == "on" or (args.bf16 == "auto" and native_bf16)
     if args.clock == "cpu":
         torch.set_num_threads(1)
@@ -443,7 +465,7 @@ def main() -> None:
     for line in machine_info():
         print(line)
     print(f"clock: {'thread CPU time, 1 thread' if args.clock == 'cpu' else 'wall'}; {args.reps} rounds")
-    clock = Clock(args.clock)
+    clock = Clock(args.clock, cuda=args.device == "cuda")
     peaks: dict[str, list[float]] = {}
     if not args.bf16:
         # bf16 is a scalar reference kernel here: one small probe, once, so the run still states it.

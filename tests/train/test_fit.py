@@ -42,6 +42,9 @@ def test_training_lowers_the_loss_and_writes_a_self_describing_run(
         assert key in hist[0]
     for name in ("checkpoint_last.pt", "checkpoint_best.pt", "config.json", "split.csv", "train.log"):
         assert (tmp_path / "run" / name).is_file(), name
+    # Called from Python with logging unconfigured, train.log still gets the run's INFO records.
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "execution on cpu" in log and "epoch 3/3" in log, log
     ck = load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")
     assert ck["labels"] == ["NCP", "CP", "Normal"] and ck["epoch"] == 2
     assert ck["preprocess"]["depth"] == 8 and ck["model"]["name"] == "r3d_10"

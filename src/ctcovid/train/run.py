@@ -105,13 +105,17 @@ def fit(
     device = D.pick_device(t.device, info)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    handler = runlog.file_handler(out / "train.log") if info.is_main else None
-    if handler is not None:
-        logging.getLogger("ctcovid").addHandler(handler)
+    run_log = runlog.RunLog(out / "train.log") if info.is_main else None
     if t.threads:
         torch.set_num_threads(t.threads)
     if t.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=False)
+        if device.type == "cuda":
+            # cuBLAS needs a fixed workspace to be deterministic (read at each call, so set it
+            # before the first matmul); max/avg-pool3d backward have no deterministic CUDA kernel,
+            # so torch warns for them instead of stopping the run: bitwise repeats are CPU-only.
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            log.info("deterministic on CUDA: pooling backward stays non-deterministic (no such kernel)")
+        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
         torch.backends.cudnn.benchmark = False
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -314,9 +318,8 @@ def fit(
         if tb is not None:
             tb.close()
         D.cleanup(info)
-        if handler is not None:
-            logging.getLogger("ctcovid").removeHandler(handler)
-            handler.close()
+        if run_log is not None:
+            run_log.close()
     return FitResult(out, epoch + 1 - start, history, best)
 
 

@@ -30,6 +30,28 @@ def file_handler(path: Path) -> logging.Handler:
     return h
 
 
+class RunLog:
+    """``train.log``: the package's INFO records go to the file while a run lasts.
+
+    Also when ``fit`` is called from Python with logging left unconfigured (the ``ctcovid`` logger
+    then sits at WARNING and the file would stay empty); the logger's level is restored after.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.logger = logging.getLogger("ctcovid")
+        self.handler = file_handler(path)
+        self.handler.setLevel(logging.INFO)
+        self.level = self.logger.level
+        if self.logger.getEffectiveLevel() > logging.INFO:
+            self.logger.setLevel(logging.INFO)
+        self.logger.addHandler(self.handler)
+
+    def close(self) -> None:
+        self.logger.removeHandler(self.handler)
+        self.handler.close()
+        self.logger.setLevel(self.level)
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
