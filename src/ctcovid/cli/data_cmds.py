@@ -121,8 +121,18 @@ def _run_import(args: argparse.Namespace) -> int:
 
 def _add_split(p: argparse.ArgumentParser) -> None:
     p.add_argument("manifest", help="manifest CSV (from ctcovid import)")
-    p.add_argument("--val", type=float, default=0.2, help="validation fraction of patients (default 0.2)")
-    p.add_argument("--test", type=float, default=0.2, help="test fraction of patients (default 0.2)")
+    p.add_argument(
+        "--val",
+        type=float,
+        default=0.2,
+        help="validation fraction of the patients without a split in the manifest (default 0.2)",
+    )
+    p.add_argument(
+        "--test",
+        type=float,
+        default=0.2,
+        help="test fraction of the same (default 0.2); scans with a 'split' in the manifest keep it",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--folds", type=int, default=0, help="also assign k folds (k >= 2)")
     p.add_argument(
@@ -158,6 +168,9 @@ def _run_split(args: argparse.Namespace) -> int:
     folds = kfold_patients(rows, k=args.folds, seed=args.seed) if args.folds else None
     out = write_split(rows, assignment, folds, split_path(args.manifest))
     print(summary_table(rows, assignment))
+    kept = sum(1 for r in rows if r.split)
+    if kept:
+        print(f"{kept} scans kept the split given in the manifest; the other {len(rows) - kept} were assigned")
     print(f"split written to {out}")
     return 0
 

@@ -5,7 +5,8 @@ source, n_slices, flags, split``. ``path`` is relative to the manifest's folder 
 volume inside an array file is addressed as ``file.npz#<split>:<index>`` (MedMNIST). ``flags`` is a
 ``;``-separated list of known defects (``few_slices``, ``segmented``, ``empty_files=3``,
 ``multi_scan_patient=5``, ...): importers flag, they never drop silently. ``split`` is empty unless
-the dataset defines an official split (MedMNIST); ``ctcovid split`` writes its own split file.
+the dataset defines an official split (MedMNIST) or the user sets some scans aside (e.g. an
+external test set); ``ctcovid split`` keeps those and assigns the rest (``ctcovid.data.splits``).
 
 Validation names the row (1-based, header is row 1) and the column: unknown label, missing file,
 duplicate ``scan_id``, one patient under two labels, a bad severity score.

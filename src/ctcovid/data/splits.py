@@ -3,8 +3,11 @@
 A patient's scans always land in the same split (no leakage between train and test). Within each
 label the patients are shuffled with ``numpy.random.default_rng(seed)`` and cut into test, val and
 train by the requested fractions (rounded, at least one patient per non-empty fraction when the
-class has enough patients). Official splits (the manifest's ``split`` column, e.g. MedMNIST) are
-kept as they are. ``k``-fold assigns every patient a fold 0..k-1, stratified the same way.
+class has enough patients). Splits already in the manifest (its ``split`` column: MedMNIST's
+official split, or an external test set a user set aside) are kept row by row, also when only some
+patients carry one: only the patients without a split are assigned, by the fractions above. A
+patient whose scans carry different splits, or a split on some scans and none on others, is an
+error that names the patient. ``k``-fold assigns every patient a fold 0..k-1, stratified the same way.
 
 The split file is written next to the manifest as ``<manifest stem>.split.csv`` with the columns
 ``scan_id, patient_id, label, split, fold``.
@@ -34,14 +37,20 @@ def _patients_by_label(rows: Sequence[ManifestRow]) -> dict[str, list[str]]:
 def split_patients(
     rows: Sequence[ManifestRow], *, val: float = 0.2, test: float = 0.2, seed: int = 0
 ) -> dict[str, str]:
-    """Map scan_id -> 'train' | 'val' | 'test'; official splits in the rows are kept."""
+    """Map scan_id -> 'train' | 'val' | 'test'.
+
+    Rows that carry a split keep it; the patients with none are split by ``val`` / ``test``
+    (stratified by label, grouped by patient, seeded).
+
+    Raises:
+        ManifestError: a patient's scans carry different splits, or some carry one and some not.
+    """
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
         raise ConfigError(f"split fractions val={val}, test={test} must be in [0, 1) and sum below 1")
-    if rows and all(r.split for r in rows):
-        return {r.scan_id: r.split for r in rows}
+    patient_split = _given_splits(rows)
     rng = np.random.default_rng(seed)
-    patient_split: dict[str, str] = {}
-    for _, patients in _patients_by_label(rows).items():
+    todo = [r for r in rows if r.patient_id not in patient_split]
+    for _, patients in _patients_by_label(todo).items():
         order = [patients[i] for i in rng.permutation(len(patients))]
         n = len(order)
         n_test = _count(n, test)
@@ -49,6 +58,28 @@ def split_patients(
         for i, pid in enumerate(order):
             patient_split[pid] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
     return {r.scan_id: patient_split[r.patient_id] for r in rows}
+
+
+def _given_splits(rows: Sequence[ManifestRow]) -> dict[str, str]:
+    """patient_id -> split for the patients whose rows carry one (all the same, else an error)."""
+    seen: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        seen[r.patient_id][r.split].append(r.scan_id)
+    given: dict[str, str] = {}
+    for pid, by_split in seen.items():
+        if len(by_split) > 1:
+            parts = "; ".join(
+                f"{split or 'no split'}: {', '.join(ids[:3])}{' ...' if len(ids) > 3 else ''}"
+                for split, ids in sorted(by_split.items())
+            )
+            raise ManifestError(
+                f"patient {pid!r} has scans in different splits ({parts}) in the manifest's 'split' "
+                "column: give all of a patient's scans the same split, or leave all empty"
+            )
+        (split,) = by_split
+        if split:
+            given[pid] = split
+    return given
 
 
 def _count(n: int, frac: float) -> int:
