@@ -5,6 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ctcovid.errors import ConfigError
 from ctcovid.preprocess.depth import (
@@ -82,6 +84,42 @@ def test_chunk_policies_for_the_last_partial_chunk() -> None:
     assert chunk_ranges(10, 4, last="drop") == [(0, 4), (4, 8)]
     assert chunk_ranges(10, 4, last="pad") == [(0, 4), (4, 8), (8, 10)]
     assert chunk_ranges(8, 4, last="pad") == [(0, 4), (4, 8)]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    n=st.integers(0, 140),
+    depth=st.integers(1, 64),
+    stride=st.one_of(st.none(), st.integers(1, 80)),
+    last=st.sampled_from(["shift", "drop", "pad"]),
+    short=st.sampled_from(["pad", "drop"]),
+)
+def test_every_chunk_holds_real_slices_for_every_length_depth_stride_and_policy(
+    n: int, depth: int, stride: int | None, last: str, short: str
+) -> None:
+    """Regression (issue 18.3): chunk_ranges(12, 10, 15, "pad") gave an empty chunk (15, 12)."""
+    ranges = chunk_ranges(n, depth, stride, last, short)  # type: ignore[arg-type]
+    for a, b in ranges:
+        assert 0 <= a < b <= n and b - a <= depth, (a, b)
+    assert len(set(ranges)) == len(ranges)
+    if n >= depth and last != "pad":
+        assert all(b - a == depth for a, b in ranges)
+    if n >= 1 and (n >= depth or short == "pad"):
+        assert ranges, "a scan with slices gives at least one chunk unless short scans are dropped"
+    step = stride or depth
+    if n >= 1 and step <= depth and last != "drop" and (n >= depth or short == "pad"):
+        covered = set().union(*(range(a, b) for a, b in ranges))
+        assert covered == set(range(n)), "no slice is skipped when chunks touch or overlap"
+    # The chunks the network sees are always full-depth arrays with real data in them.
+    array = np.arange(max(n, 1), dtype=np.float32)[None, :n, None, None]
+    for c in stack_chunks(array, "s", depth, stride, last, short):  # type: ignore[arg-type]
+        assert c.array.shape == (1, depth, 1, 1) and c.n_real >= 1
+
+
+def test_a_stride_longer_than_the_chunk_gives_no_empty_pad_chunk() -> None:
+    assert chunk_ranges(12, 10, 15, "pad") == [(0, 10)]
+    assert chunk_ranges(16, 10, 15, "pad") == [(0, 10), (15, 16)]
+    assert chunk_ranges(12, 10, 15, "shift") == [(0, 10), (2, 12)]
 
 
 def test_chunk_stride_gives_overlapping_chunks() -> None:

@@ -154,7 +154,10 @@ def chunk_ranges(
     * ``"shift"`` (default): one more chunk ending at the last slice, ``[n - depth, n)``,
       overlapping its predecessor, so every slice is seen and every chunk is real data;
     * ``"drop"``: the tail slices are not used;
-    * ``"pad"``: a chunk ``[start, n)`` shorter than ``depth``, padded by repeating its last slice.
+    * ``"pad"``: a chunk ``[start, n)`` shorter than ``depth``, padded by repeating its last slice
+      (none when the next start lies beyond the scan, which a ``stride > depth`` allows).
+
+    Every range holds at least one real slice and at most ``depth``.
 
     A scan shorter than ``depth`` gives one range ``[0, n)`` to be padded by edge replication
     (``short="pad"``, default) or no chunk at all (``short="drop"``).
@@ -178,9 +181,12 @@ def chunk_ranges(
         if last == "shift":
             ranges.append((n_slices - depth, n_slices))
         elif last == "pad":
-            # The first start whose full chunk would overrun the scan.
+            # The first start whose full chunk would overrun the scan; with a stride longer than
+            # the chunk it can lie beyond the scan (the tail is in a gap the stride skips anyway):
+            # then there is no tail chunk, never an empty one.
             start = ranges[-1][0] + step
-            ranges.append((start, n_slices))
+            if start < n_slices:
+                ranges.append((start, n_slices))
     return ranges
 
 
