@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ctcovid.data.samplers import ClassUniformBatchSampler, ShuffleBatchSampler, class_weights
 
@@ -74,3 +77,41 @@ def test_shuffle_sampler_ddp_covers_everything_once() -> None:
 def test_class_weights_inverse_frequency() -> None:
     w = class_weights([0, 0, 0, 1], 3)
     np.testing.assert_allclose(w, [4 / 3 / 2, 4 / 1 / 2, 0.0])
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(1, 30), batch=st.integers(1, 8), world=st.integers(1, 6), epoch=st.integers(0, 3))
+def test_shuffle_sampler_gives_every_rank_the_same_number_of_non_empty_batches(
+    n: int, batch: int, world: int, epoch: int
+) -> None:
+    """Regression (issue 18.6): n=1 on 4 ranks gave ranks 2 and 3 an empty batch."""
+    ranks = []
+    for r in range(world):
+        s = ShuffleBatchSampler(n, batch, seed=0, rank=r, world_size=world)
+        s.set_epoch(epoch)
+        ranks.append(list(s))
+        assert len(ranks[-1]) == len(s)
+    assert len({len(r) for r in ranks}) == 1
+    assert all(len(b) >= 1 for r in ranks for b in r)
+    items = [i for r in ranks for b in r for i in b]
+    assert set(items) == set(range(n))  # everything seen; padding repeats items like DistributedSampler
+    assert len(items) == math.ceil(n / world) * world
+
+
+def test_one_item_on_four_ranks_is_repeated_not_empty() -> None:
+    assert [list(ShuffleBatchSampler(1, 2, rank=r, world_size=4)) for r in range(4)] == [[[0]]] * 4
+
+
+@pytest.mark.parametrize("world", [1, 3])
+def test_draw_positions_are_unique_in_an_epoch_and_follow_the_indices(world: int) -> None:
+    samplers = [
+        lambda r, p: ClassUniformBatchSampler(TARGETS, 6, seed=2, rank=r, world_size=world, positions=p),
+        lambda r, p: ShuffleBatchSampler(len(TARGETS), 4, seed=2, rank=r, world_size=world, positions=p),
+    ]
+    for make in samplers:
+        positions = []
+        for r in range(world):
+            plain, tagged = list(make(r, False)), list(make(r, True))
+            assert [[i for i, _ in b] for b in tagged] == plain  # same draws, now numbered
+            positions += [p for b in tagged for _, p in b]
+        assert len(set(positions)) == len(positions), "a position names one draw of the epoch"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from ctcovid.cli import main
-from ctcovid.errors import ConfigError
+from ctcovid.errors import ConfigError, ManifestError
 from ctcovid.evaluate.report import evaluate_checkpoint, evaluate_predictions
 from ctcovid.train.config import load_run_config
 from ctcovid.train.run import fit
@@ -22,7 +23,9 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("report")
     manifest = make_cohort(root / "cohort", n_per_class=6)
     text = TINY_CONFIG.format(manifest=manifest, epochs=1).replace("test = 0.0", "test = 0.25")
-    text = text.replace('depth_mode = "uniformize"', 'depth_mode = "stack"\nchunk_depth = 4')
+    text = text.replace(
+        'depth_mode = "uniformize"', 'depth_mode = "stack"\nchunk_depth = 4\nchunk_short = "drop"'
+    )
     (root / "tiny.toml").write_text(text)
     fit(load_run_config(root / "tiny.toml"), root / "run")
     return root / "run"
@@ -55,6 +58,56 @@ def test_evaluate_writes_metrics_report_and_plots(run_dir: Path, capsys: pytest.
     assert "| accuracy |" in md and "![ROC curves" in md and "rows = truth" in md
     printed = capsys.readouterr().out
     assert "scan     accuracy" in printed and "report.html" in printed
+
+
+def test_short_scans_are_never_dropped_silently_from_evaluation(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression (issue 18.5): with chunk_short='drop' scans shorter than chunk_depth vanished
+    from the test metrics and their CIs without a word."""
+    from ctcovid.data.manifest import read_manifest, write_manifest
+
+    full = read_manifest(make_cohort(tmp_path / "full", n_per_class=2))
+    short = read_manifest(make_cohort(tmp_path / "short", n_per_class=1, shape=(3, 24, 24)))
+    rows = [dataclasses.replace(r, path=str(tmp_path / "full" / r.path)) for r in full]
+    rows += [
+        dataclasses.replace(
+            r,
+            scan_id=f"short_{r.scan_id}",
+            patient_id=f"short_{r.patient_id}",
+            path=str(tmp_path / "short" / r.path),
+        )
+        for r in short
+    ]
+    manifest = write_manifest(rows, tmp_path / "mixed.csv")
+    out = tmp_path / "eval"
+    assert (
+        main(
+            [
+                "evaluate",
+                str(run_dir),
+                "--manifest",
+                str(manifest),
+                "--split",
+                "all",
+                "--bootstrap",
+                "20",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n_scans"] == 6 and m["excluded"]["count"] == 3
+    assert {e["scan_id"] for e in m["excluded"]["scans"]} == {"short_NCP_0", "short_CP_0", "short_Normal_0"}
+    assert "3 slices after preprocessing, fewer than chunk_depth=4" in m["excluded"]["scans"][0]["reason"]
+    assert "Excluded scans" in (out / "report.md").read_text()
+    assert "excluded 3 scan(s)" in capsys.readouterr().out
+    # A split of short scans only is an error with the reason, not an empty report.
+    only_short = write_manifest(rows[6:], tmp_path / "short.csv")
+    with pytest.raises(ManifestError, match="none of the 3 scans .* gives a model input: 3 slices"):
+        evaluate_checkpoint(run_dir, only_short, split="all", n_resamples=0)
 
 
 def test_majority_aggregation_and_out_folder(run_dir: Path, tmp_path: Path) -> None:

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ctcovid.cli import main
 from ctcovid.data.synthetic import SynthCase
@@ -72,6 +74,31 @@ def test_batching_across_scans_gives_the_same_numbers_as_one_by_one(make_ckpt, s
     for p in batched:
         np.testing.assert_allclose(list(p.probs.values()), list(single.probs.values()), atol=1e-5)
         assert len(p.chunks) == 5 and "inference" in p.timings_s
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    depths=st.lists(st.integers(4, 14), min_size=2, max_size=5),
+    batch_size=st.integers(1, 4),
+    mode=st.sampled_from(["keep", "stack"]),
+)
+def test_batch_prediction_of_scans_of_different_depths_equals_predicting_each_alone(
+    make_ckpt, tmp_path_factory, depths: list[int], batch_size: int, mode: str
+) -> None:
+    """Regression (issue 18.2): with depth_mode='keep' scans of 20 and 26 slices were stacked into
+    one batch, and every scan of it failed with "all input arrays must have the same shape"."""
+    folder = tmp_path_factory.mktemp("depths")
+    rng = np.random.default_rng(len(depths) * 31 + batch_size)
+    for i, d in enumerate(depths):
+        vol = rng.normal(-600, 300, (d, 32, 32)).astype(np.float32)
+        np.save(folder / f"s{i}.npy", vol)
+    predictor = Predictor.from_checkpoint(make_ckpt(mode, body_crop=False), batch_size=batch_size)
+    batched = predictor.predict_paths([folder])
+    assert [p.scan_id for p in batched] == [f"s{i}" for i in range(len(depths))]
+    for i, p in enumerate(batched):
+        assert p.ok, p.error
+        alone = predictor.predict(load_volume(folder / f"s{i}.npy"), f"s{i}")
+        np.testing.assert_allclose(list(p.probs.values()), list(alone.probs.values()), atol=1e-5)
 
 
 def test_a_failing_scan_is_reported_and_the_others_go_on(make_ckpt, scan_files, tmp_path) -> None:

@@ -170,7 +170,9 @@ def _run_split(args: argparse.Namespace) -> int:
     print(summary_table(rows, assignment))
     kept = sum(1 for r in rows if r.split)
     if kept:
-        print(f"{kept} scans kept the split given in the manifest; the other {len(rows) - kept} were assigned")
+        print(
+            f"{kept} scans kept the split given in the manifest; the other {len(rows) - kept} were assigned"
+        )
     print(f"split written to {out}")
     return 0
 

@@ -71,6 +71,13 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     )
     for level in ("scan", "patient"):
         print(f"  {level:<8} {_line(result, level)}")
+    excluded = result.get("excluded") or {}
+    if excluded.get("count"):
+        first = excluded["scans"][0]
+        print(
+            f"  excluded {excluded['count']} scan(s) that give no model input (in metrics.json and the "
+            f"report), e.g. {first['scan_id']}: {first['reason']}"
+        )
     print(f"report: {written['report_html']}  (also report.md, metrics.json, {len(written) - 3} plots)")
     return 0
 

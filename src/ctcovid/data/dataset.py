@@ -85,8 +85,15 @@ class CachedDataset(Dataset[tuple[torch.Tensor, int, dict[str, Any]]]):
     In ``stack`` depth mode every chunk of ``chunk_depth`` slices is a sample labelled with its
     scan's label (the diagnosis paper); otherwise every scan is one sample. ``meta`` holds
     ``scan_id``, ``patient_id``, the chunk index and slice range, so predictions can be grouped.
-    With ``augment`` set (training), item ``i`` of epoch ``e`` is augmented with the generator
-    seeded by ``(seed, e, i)``: the same on every run, every worker count and after a resume.
+    With ``augment`` set (training), a draw is augmented with the generator seeded by
+    ``(seed, epoch, position)``: the same on every run, every worker count and after a resume.
+    ``position`` numbers the draws of the epoch: the samplers of :mod:`ctcovid.data.samplers`
+    with ``positions=True`` pass ``(index, position)`` pairs, so an item drawn several times in
+    an epoch (class-uniform oversampling) is augmented differently each time. A plain index is
+    its own position (each item drawn once).
+
+    Scans that give no sample (shorter than ``chunk_depth`` with ``chunk_short="drop"``) are
+    listed in :attr:`excluded` as ``(scan_id, patient_id, label, reason)``, never left out silently.
     """
 
     def __init__(
@@ -107,6 +114,7 @@ class CachedDataset(Dataset[tuple[torch.Tensor, int, dict[str, Any]]]):
         self.augment, self.seed, self.epoch = augment, seed, 0
         cfg = cache.cfg
         self.items: list[tuple[int, int, int, int]] = []  # (row, chunk index, start, stop)
+        self.excluded: list[tuple[str, str, str, str]] = []
         for i, row in enumerate(self.rows):
             meta = cache.meta(row)
             if meta is None:
@@ -118,6 +126,12 @@ class CachedDataset(Dataset[tuple[torch.Tensor, int, dict[str, Any]]]):
                 )
             else:
                 ranges = [(0, depth)]
+            if not ranges:
+                reason = (
+                    f"{depth} slices after preprocessing, fewer than chunk_depth={cfg.chunk_depth} "
+                    "(chunk_short='drop')"
+                )
+                self.excluded.append((row.scan_id, row.patient_id, row.label, reason))
             self.items += [(i, k, a, b) for k, (a, b) in enumerate(ranges)]
         self.chunk_depth = cfg.chunk_depth if cfg.depth_mode == "stack" else None
         self.targets = [self.label_names.index(self.rows[i].label) for i, *_ in self.items]
@@ -128,7 +142,8 @@ class CachedDataset(Dataset[tuple[torch.Tensor, int, dict[str, Any]]]):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, dict[str, Any]]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, dict[str, Any]]:
+        index, position = key if isinstance(key, tuple) else (key, key)
         r, k, start, stop = self.items[index]
         row = self.rows[r]
         array = np.array(self.cache.load(row)[:, start:stop], dtype=np.float32)  # a writable copy
@@ -136,7 +151,7 @@ class CachedDataset(Dataset[tuple[torch.Tensor, int, dict[str, Any]]]):
             pad = np.repeat(array[:, -1:], self.chunk_depth - (stop - start), axis=1)  # edge replication
             array = np.concatenate([array, pad], axis=1)
         if self.augment is not None:
-            array = self.augment(array, np.random.default_rng([self.seed, self.epoch, index]))
+            array = self.augment(array, np.random.default_rng([self.seed, self.epoch, position]))
         meta = {
             "scan_id": row.scan_id,
             "patient_id": row.patient_id,

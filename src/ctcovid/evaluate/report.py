@@ -111,8 +111,20 @@ def evaluate_checkpoint(
     dev = torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
     )
+    dataset = CachedDataset(rows, cache, labels)
+    excluded = excluded_scans(dataset)
+    if excluded["count"]:
+        log.warning(
+            "%d of %d scans give no model input and are excluded (listed in metrics.json), e.g. %s: %s",
+            excluded["count"], len(rows), excluded["scans"][0]["scan_id"], excluded["scans"][0]["reason"],
+        )  # fmt: skip
+    if len(dataset) == 0:
+        raise ManifestError(
+            f"none of the {len(rows)} scans in split {split!r} of {manifest} gives a model input: "
+            f"{excluded['scans'][0]['reason']}"
+        )
     model = rebuild_model(ckpt).to(dev)
-    loader = DataLoader(CachedDataset(rows, cache, labels), batch_size=batch_size)
+    loader = DataLoader(dataset, batch_size=batch_size)
     loss, probs_t, targets_t, metas = evaluate(model, loader, nn.CrossEntropyLoss(), StepOptions(dev))
     info = {
         "checkpoint": ckpt["path"],
@@ -123,6 +135,7 @@ def evaluate_checkpoint(
         "split": split,
         "split_file": None if split == "all" else str(split_file),
         "loss": loss,
+        "excluded": excluded,
     }
     return {
         **info,
@@ -138,6 +151,17 @@ def evaluate_checkpoint(
             n_resamples=n_resamples,
             seed=seed,
         ),
+    }
+
+
+def excluded_scans(dataset: CachedDataset) -> dict[str, Any]:
+    """The scans of ``dataset`` that give no model input, for ``metrics.json``: count and reasons."""
+    return {
+        "count": len(dataset.excluded),
+        "scans": [
+            {"scan_id": s, "patient_id": p, "label": lab, "reason": why}
+            for s, p, lab, why in dataset.excluded
+        ],
     }
 
 
@@ -290,6 +314,17 @@ def report_document(result: dict[str, Any], images: dict[str, Path]) -> Doc:
         f"{result['n_chunks']} model inputs; chunks -> scan by {result['aggregate']}, scans -> patient "
         "by mean probability."
     )
+    excluded = result.get("excluded") or {}
+    if excluded.get("count"):
+        doc.heading("Excluded scans")
+        doc.text(
+            f"{excluded['count']} scan(s) of the split gave no model input and are not in any metric "
+            "or confidence interval below:"
+        )
+        doc.table(
+            ["scan", "patient", "label", "reason"],
+            [[e["scan_id"], e["patient_id"], e["label"], e["reason"]] for e in excluded["scans"]],
+        )
     doc.heading("Summary")
     ci = result.get("ci", {})
     doc.text(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +111,18 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CtcovidError(f"device '{device}' requested but CUDA is not available here; use --device cpu")
     return dev
+
+
+def _same_shape_batches(arrays: Sequence[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
+    """Consecutive runs of ``arrays`` with equal shapes, cut into batches of at most ``size``."""
+    batch: list[np.ndarray] = []
+    for a in arrays:
+        if batch and (len(batch) == size or a.shape != batch[0].shape):
+            yield batch
+            batch = []
+        batch.append(a)
+    if batch:
+        yield batch
 
 
 @dataclass
@@ -215,12 +227,15 @@ class Predictor:
     def forward_probs(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         """Softmax probabilities ``(N, K)`` of N inputs ``(C, D, H, W)``, run ``batch_size`` at a time.
 
-        Batches are stacked one at a time, so a scan of many chunks is never copied whole.
+        Batches are stacked one at a time, so a scan of many chunks is never copied whole. Only
+        consecutive inputs of the same shape share a batch: with ``depth_mode="keep"`` scans of
+        different depths run in separate batches (in eval mode a batch's composition does not
+        change any input's answer), never padded.
         """
         out = []
         with torch.inference_mode():
-            for i in range(0, len(arrays), self.batch_size):
-                x = torch.from_numpy(np.stack(list(arrays[i : i + self.batch_size]))).to(self.device)
+            for batch in _same_shape_batches(arrays, self.batch_size):
+                x = torch.from_numpy(np.stack(batch)).to(self.device)
                 out.append(torch.softmax(self.model(x).float(), dim=1).cpu().numpy())
         return np.concatenate(out).astype(np.float64)
 

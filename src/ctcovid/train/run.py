@@ -144,6 +144,18 @@ def fit(
     train_ds = CachedDataset(train_rows, cache, labels, augment=augment, seed=t.seed)
     val_ds = CachedDataset(val_rows, cache, labels)
     bn_ds = CachedDataset(train_rows, cache, labels)  # un-augmented: statistics as evaluation will see them
+    for name, ds in (("training", train_ds), ("validation", val_ds)):
+        if ds.excluded:
+            scan_id, _, _, reason = ds.excluded[0]
+            log.warning(
+                "%d %s scan(s) give no sample and are left out, e.g. %s: %s",
+                len(ds.excluded), name, scan_id, reason,
+            )  # fmt: skip
+    if len(train_ds) == 0:
+        raise ConfigError(
+            f"no training samples: all {len(train_rows)} training scans are shorter than "
+            f"preprocess.chunk_depth={cfg.preprocess.chunk_depth} and preprocess.chunk_short='drop'"
+        )
     bn_sampler = ShuffleBatchSampler(len(bn_ds), t.batch_size, seed=t.seed + 1)
     if t.sampler == "class_uniform":
         sampler: Any = ClassUniformBatchSampler(
@@ -153,10 +165,16 @@ def fit(
             seed=t.seed,
             rank=info.rank,
             world_size=info.world_size,
+            positions=True,  # each draw of an oversampled scan gets its own augmentation
         )
     else:
         sampler = ShuffleBatchSampler(
-            len(train_ds), t.batch_size, seed=t.seed, rank=info.rank, world_size=info.world_size
+            len(train_ds),
+            t.batch_size,
+            seed=t.seed,
+            rank=info.rank,
+            world_size=info.world_size,
+            positions=True,
         )
     workers = cfg.data.loader_workers
     train_loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=workers, persistent_workers=False)
