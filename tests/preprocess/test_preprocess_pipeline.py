@@ -100,7 +100,7 @@ def test_all_air_scan_is_kept_whole_with_a_warning() -> None:
     result = build_pipeline(PreprocessConfig(**SMALL)).process(air)
     assert not result.body_found
     assert result.warnings and "no body found" in result.warnings[0]
-    np.testing.assert_allclose(result.array, AIR_IN_LUNG_WINDOW, atol=1e-6)
+    np.testing.assert_allclose(result.array, AIR_IN_LUNG_WINDOW, atol=0.5 / 65535 + 1e-7)  # stored in 16 bits
 
 
 @pytest.mark.parametrize(
@@ -170,3 +170,13 @@ def test_reading_only_the_body_box_changes_nothing(phantom, monkeypatch: pytest.
 
     monkeypatch.setattr(pipeline_module, "find_body", whole_box)
     np.testing.assert_array_equal(build_pipeline(cfg)(phantom.volume), fast)
+
+
+def test_non_finite_voxels_become_air_with_a_warning() -> None:
+    vol = np.full((6, 40, 40), -1000.0, np.float32)
+    vol[2, 10:20, 10:20] = np.nan
+    vol[3, 5, 5] = np.inf
+    result = build_pipeline(PreprocessConfig(**{**SMALL, "body_crop": False})).process(Volume(vol))
+    assert np.isfinite(result.array).all()
+    np.testing.assert_allclose(result.array, AIR_IN_LUNG_WINDOW, atol=0.5 / 65535 + 1e-7)
+    assert any("not finite" in w for w in result.warnings)

@@ -29,7 +29,9 @@ def test_training_lowers_the_loss_and_writes_a_self_describing_run(
     result = fit(load_run_config(cfg_path), tmp_path / "run")
     hist = _history(tmp_path / "run")
     assert [h["epoch"] for h in hist] == [0, 1, 2] == [h["epoch"] for h in result.history]
-    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    # Learning shows on the held-out patients: the train loss of 3 augmented batches an epoch is
+    # noise-dominated (seeds 0-3 gave 0.84->0.64, 0.93->0.51, 0.58->0.72, 1.05->0.23).
+    assert hist[-1]["val_loss"] < 0.5 * hist[0]["val_loss"]
     for key in (
         "train_loss",
         "train_accuracy",
@@ -144,16 +146,23 @@ def test_custom_task_needs_labels(tmp_path: Path) -> None:
         cfg.data.label_names()
 
 
-def test_nan_losses_stop_the_run_before_any_checkpoint(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+def test_nan_losses_stop_the_run_before_any_checkpoint(
+    tiny_run: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import numpy as np
 
     from ctcovid.train.run import TrainingDiverged
 
-    cfg_path, manifest = tiny_run
-    for f in manifest.parent.glob("*.npy"):
-        a = np.load(f)
-        a[:, :2] = np.nan  # a corrupt scan: NaN survives windowing and poisons the loss
-        np.save(f, a)
+    from ctcovid.data.dataset import CachedDataset
+
+    cfg_path, _ = tiny_run
+    real = CachedDataset.__getitem__
+
+    def poisoned(self, key):  # a sample that poisons the loss (the pipeline turns NaN voxels to air)
+        x, y, meta = real(self, key)
+        return x * np.nan, y, meta
+
+    monkeypatch.setattr(CachedDataset, "__getitem__", poisoned)
     cfg = load_run_config(cfg_path, ["train.max_bad_steps=1", "train.epochs=1"])
     with pytest.raises(TrainingDiverged, match="non-finite loss"):
         fit(cfg, tmp_path / "nan")

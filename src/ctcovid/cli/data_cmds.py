@@ -184,6 +184,11 @@ def _add_preprocess(p: argparse.ArgumentParser) -> None:
         "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value"
     )
     p.add_argument("--workers", type=int, default=0, help="processes (default: one per CPU core)")
+    p.add_argument(
+        "--ignore-disk-space",
+        action="store_true",
+        help="build even when the estimated cache size exceeds the free disk space",
+    )
 
 
 def _run_preprocess(args: argparse.Namespace) -> int:
@@ -196,6 +201,10 @@ def _run_preprocess(args: argparse.Namespace) -> int:
     rows = read_manifest(cfg.data.manifest, labels=list(cfg.data.label_names()))
     root = Path(cfg.data.manifest).parent
     cache = PreprocessCache(cfg.data.cache_dir or root / ".ctcovid_cache", cfg.preprocess, root)
+    plan = cache.plan(rows)
+    print(plan.describe())
+    if not args.ignore_disk_space:
+        cache.check_space(rows)
     built = cache.build(rows, workers=args.workers or (os.cpu_count() or 1), progress=cache_progress())
     print(f"cache {cache.dir}: {len(rows)} scans, {built} built now, {len(rows) - built} already there")
     return 0

@@ -22,6 +22,11 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", help="run folder (default runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint_last.pt")
+    p.add_argument(
+        "--ignore-disk-space",
+        action="store_true",
+        help="build the preprocessing cache even when its estimated size exceeds the free disk space",
+    )
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -39,6 +44,7 @@ def _run_train(args: argparse.Namespace) -> int:
         config_dict=cfg.to_dict(),
         batch_progress=batch_progress(cfg.train.epochs),
         cache_progress=cache_progress(),
+        check_space=not args.ignore_disk_space,
     )
     last = result.history[-1] if result.history else {}
     if os.environ.get("RANK", "0") != "0":

@@ -146,7 +146,7 @@ class CachedDataset(Dataset[tuple[torch.Tensor, int, dict[str, Any]]]):
         index, position = key if isinstance(key, tuple) else (key, key)
         r, k, start, stop = self.items[index]
         row = self.rows[r]
-        array = np.array(self.cache.load(row)[:, start:stop], dtype=np.float32)  # a writable copy
+        array = self.cache.load(row).read(start, stop)  # decodes only these slices; a fresh array
         if self.chunk_depth is not None and stop - start < self.chunk_depth:
             pad = np.repeat(array[:, -1:], self.chunk_depth - (stop - start), axis=1)  # edge replication
             array = np.concatenate([array, pad], axis=1)

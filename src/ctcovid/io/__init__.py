@@ -4,12 +4,14 @@ Supported inputs (see each reader for details):
 
 * a DICOM series folder, or one DICOM file of it (:mod:`ctcovid.io.dicom`), recognised by content;
 * a NIfTI file ``.nii`` / ``.nii.gz`` (:mod:`ctcovid.io.nifti`);
+* a MetaImage file ``.mha`` / ``.mhd`` (+ its ``.raw``/``.zraw``), e.g. LUNA16, STOIC, or a NRRD file
+  ``.nrrd`` / ``.nhdr`` (+ its data file) (:mod:`ctcovid.io.itk`, needs ``ctcovid[itk]``);
 * a folder of slice images PNG/JPEG/BMP/TIFF, e.g. CC-CCII (:mod:`ctcovid.io.slices`);
 * a NumPy ``.npy`` / ``.npz`` array (:mod:`ctcovid.io.arrays`).
 
 Every reader returns voxels in the orientation fixed in :mod:`ctcovid.types` and raises
 :class:`~ctcovid.errors.ScanReadError` (never a raw pydicom/nibabel/Pillow/NumPy error) on input
-it cannot read.
+it cannot read (or :class:`~ctcovid.errors.MissingExtraError` when an optional reader is not installed).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ctcovid.errors import ScanReadError
 from ctcovid.io.arrays import CANONICAL_DIRECTION, read_array
 from ctcovid.io.dicom import read_dicom_series
 from ctcovid.io.dicom_header import is_dicom_file
+from ctcovid.io.itk import ITK_SUFFIXES, is_itk_path, read_itk
 from ctcovid.io.nifti import is_nifti_path, read_nifti
 from ctcovid.io.slices import IMAGE_SUFFIXES, list_slice_images, natural_key, read_slice_folder
 from ctcovid.io.write import write_dicom_series, write_nifti, write_slices
@@ -29,7 +32,10 @@ from ctcovid.types import Volume
 logger = logging.getLogger(__name__)
 
 _ARRAY_SUFFIXES = (".npy", ".npz")
-_SUPPORTED = "a DICOM series folder or file, .nii/.nii.gz, a folder of PNG/JPG/BMP/TIF slices, .npy/.npz"
+_SUPPORTED = (
+    "a DICOM series folder or file, .nii/.nii.gz, .mha/.mhd (MetaImage), .nrrd/.nhdr (NRRD), "
+    "a folder of PNG/JPG/BMP/TIF slices, .npy/.npz"
+)
 
 
 def load_volume(
@@ -40,7 +46,8 @@ def load_volume(
 ) -> Volume:
     """Read a scan from ``path``, whatever its format, as a float32 :class:`~ctcovid.types.Volume`.
 
-    Dispatch: a ``.nii``/``.nii.gz`` file -> NIfTI; ``.npy``/``.npz`` -> array; any other file
+    Dispatch: a ``.nii``/``.nii.gz`` file -> NIfTI; ``.mha``/``.mhd``/``.nrrd``/``.nhdr`` ->
+    MetaImage/NRRD through SimpleITK; ``.npy``/``.npz`` -> array; any other file
     that is DICOM (by content) -> the series it belongs to, read from its folder; a folder ->
     its DICOM series when it holds DICOM files, else its slice images.
 
@@ -50,11 +57,13 @@ def load_volume(
             (default: the largest axial CT series; the others are listed in
             ``volume.source.other_series``).
         spacing_mm: ``(z, y, x)`` spacing for inputs without geometry (slice images, arrays
-            without a ``spacing_mm`` key); ignored for DICOM and NIfTI.
+            without a ``spacing_mm`` key); ignored for DICOM, NIfTI, MetaImage and NRRD.
 
     Raises:
         ScanReadError: the path does not exist, holds no readable scan, or the scan is corrupt
             or not 3D. The message names the path, the reason and what to do.
+        MissingExtraError: the file needs an optional reader that is not installed
+            (``.mha``/``.mhd``/``.nrrd``/``.nhdr`` need ``pip install 'ctcovid[itk]'``).
     """
     p = Path(path)
     if not p.exists():
@@ -76,6 +85,8 @@ def _dispatch(p: Path, *, series_uid: str | None, spacing_mm: tuple[float, float
         return _load_folder(p, series_uid=series_uid, spacing_mm=spacing_mm)
     if is_nifti_path(p):
         return read_nifti(p)
+    if is_itk_path(p):
+        return read_itk(p)
     if p.suffix.lower() in _ARRAY_SUFFIXES:
         return read_array(p, spacing_mm=spacing_mm)
     if p.suffix.lower() in IMAGE_SUFFIXES:
@@ -110,7 +121,8 @@ def _load_folder(
             return read_dicom_series(folder, series_uid=series_uid)
         except ScanReadError:
             if not images:
-                nifti = [f.name for f in others if is_nifti_path(f) or f.suffix.lower() in _ARRAY_SUFFIXES]
+                nifti = [f.name for f in others
+                         if is_nifti_path(f) or is_itk_path(f) or f.suffix.lower() in _ARRAY_SUFFIXES]  # fmt: skip
                 if nifti:
                     raise ScanReadError(folder, "no DICOM series in the folder",
                                         f"it holds {', '.join(nifti[:3])}: pass that file instead") from None  # fmt: skip
@@ -123,12 +135,15 @@ def _load_folder(
 __all__ = [
     "CANONICAL_DIRECTION",
     "IMAGE_SUFFIXES",
+    "ITK_SUFFIXES",
     "is_dicom_file",
+    "is_itk_path",
     "is_nifti_path",
     "load_volume",
     "natural_key",
     "read_array",
     "read_dicom_series",
+    "read_itk",
     "read_nifti",
     "read_slice_folder",
     "write_dicom_series",

@@ -13,7 +13,9 @@ channels.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -95,3 +97,107 @@ def to_channels(
 def air_value(units: Units) -> float:
     """The value that stands for air (outside the body, padding) in ``units``."""
     return AIR_HU if units == Units.HU else 0.0
+
+
+# --------------------------------------------------------------------------- stored form
+#: Integer steps of the stored [0, 1] values: 8-bit sources keep their 255 steps, HU windows 65535.
+DISPLAY_STEPS = 255
+HU_STEPS = 65535
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How the model's input is stored compactly (the preprocessing cache) and decoded.
+
+    ``planes`` hold one integer plane per *distinct* window (a channel that repeats a window is not
+    stored twice): ``uint8`` steps of 1/255 for 8-bit display sources, ``uint16`` steps of 1/65535
+    of each HU window. Channel ``c`` of the model's input is ``planes[channels[c]] / steps`` in
+    float32. The pipeline itself goes through this form, so a decoded cache entry is bit-exact
+    what training, evaluation and prediction compute; against a float path without it the values
+    differ by at most half a step (8-bit sources: the sub-level values made by in-plane
+    interpolation are rounded to the source's 8-bit grid; HU: 0.5/65535 of the window).
+    """
+
+    dtype: str  # "uint8" | "uint16"
+    steps: int
+    channels: tuple[int, ...]
+
+    @property
+    def n_planes(self) -> int:
+        return max(self.channels) + 1
+
+    @property
+    def itemsize(self) -> int:
+        return int(np.dtype(self.dtype).itemsize)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"dtype": self.dtype, "steps": self.steps, "channels": list(self.channels)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Encoding:
+        return cls(str(d["dtype"]), int(d["steps"]), tuple(int(c) for c in d["channels"]))
+
+    def decode(self, planes: np.ndarray) -> np.ndarray:
+        """Float32 ``(C, D, H, W)`` in [0, 1] from stored ``(P, D, H, W)`` planes (any depth range)."""
+        out = np.empty((len(self.channels), *planes.shape[1:]), dtype=np.float32)
+        done: dict[int, int] = {}
+        for c, p in enumerate(self.channels):
+            if p in done:
+                out[c] = out[done[p]]
+            else:
+                np.divide(planes[p], np.float32(self.steps), out=out[c], dtype=np.float32)
+                done[p] = c
+        return out
+
+
+def encoding_for(
+    units: Units, windows_hu: Sequence[tuple[float, float]], in_channels: int | None = None
+) -> Encoding:
+    """The :class:`Encoding` of a scan in ``units`` under a window config (see :func:`to_channels`)."""
+    windows = [tuple(map(float, w)) for w in windows_hu]
+    if not windows:
+        raise ConfigError("windows_hu is empty; give at least one (level_hu, width_hu), e.g. (-600, 1500)")
+    channels = len(windows) if in_channels is None else in_channels
+    if channels != len(windows) and len(windows) != 1:
+        raise ConfigError(
+            f"in_channels={channels} does not match {len(windows)} windows; use one window per channel "
+            "or a single window to replicate"
+        )
+    if units == Units.DISPLAY:
+        if len(windows) != 1:
+            raise ConfigError(
+                f"this scan holds 8-bit display values (already windowed), so the {len(windows)} HU windows "
+                f"{list(windows_hu)} cannot be applied; use a single-window config for slice images"
+            )
+        return Encoding("uint8", DISPLAY_STEPS, (0,) * channels)
+    distinct = list(dict.fromkeys(windows))
+    per_channel = windows * channels if len(windows) == 1 else windows
+    return Encoding("uint16", HU_STEPS, tuple(distinct.index(w) for w in per_channel))
+
+
+def encode_channels(
+    voxels: np.ndarray,
+    units: Units,
+    windows_hu: Sequence[tuple[float, float]] = (LUNG_WINDOW_HU,),
+    in_channels: int | None = None,
+) -> tuple[np.ndarray, Encoding]:
+    """``(D, H, W)`` voxels -> the stored ``(P, D, H, W)`` integer planes and their :class:`Encoding`."""
+    enc = encoding_for(units, windows_hu, in_channels)
+    planes = np.empty((enc.n_planes, *voxels.shape), dtype=enc.dtype)
+    if units == Units.DISPLAY:
+        scaled = np.clip(voxels, 0.0, DISPLAY_MAX, dtype=np.float32)
+        np.rint(scaled, out=scaled)
+        planes[0] = scaled
+        return planes, enc
+    windows = list(windows_hu)
+    per_channel = windows * len(enc.channels) if len(windows) == 1 else windows
+    seen: set[int] = set()
+    for (level, width), p in zip(per_channel, enc.channels):
+        if p in seen:
+            continue
+        seen.add(p)
+        unit = apply_window(voxels, level, width)
+        unit *= np.float32(HU_STEPS)
+        np.rint(unit, out=unit)
+        planes[p] = unit
+    return planes, enc

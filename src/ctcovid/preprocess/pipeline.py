@@ -13,7 +13,10 @@ prediction and serving (the config travels in every checkpoint; see :meth:`Prepr
 5. set voxels outside the body mask to air (the mask sampled at the output grid), which removes a
    table that lies inside the crop box;
 6. window to channels (:mod:`.intensity`). Windowing last clips any spline overshoot, so the output
-   stays in [0, 1].
+   stays in [0, 1]. The windowed values go through their compact stored form
+   (:class:`~ctcovid.preprocess.intensity.Encoding`: uint8 for 8-bit display sources, uint16 per
+   distinct HU window), which is what the cache keeps, so a cached scan decodes to exactly what
+   the pipeline returns.
 
 ``depth_mode="stack"`` keeps every slice and :meth:`Pipeline.chunks` cuts the result into
 chunks of ``chunk_depth`` slices (CC-CCII 3D ResNet, depth-n); ``"keep"`` keeps every slice as
@@ -44,7 +47,7 @@ from ctcovid.preprocess.depth import (
     uniformize_depth,
     uniformized_spacing_z,
 )
-from ctcovid.preprocess.intensity import LUNG_WINDOW_HU, air_value, to_channels
+from ctcovid.preprocess.intensity import LUNG_WINDOW_HU, Encoding, air_value, encode_channels
 from ctcovid.preprocess.spatial import (
     INPLANE_MODES,
     CropBox,
@@ -179,12 +182,15 @@ def _check_choice(name: str, value: object, options: tuple[Any, ...]) -> None:
 class Preprocessed:
     """A preprocessed scan and where it came from.
 
-    ``array`` is float32 ``(C, D, H, W)``. ``box`` is the crop in the input's voxel indices (it
-    may reach outside the image where it was padded). ``spacing_mm`` (z, y, x) and ``origin_mm``
+    ``array`` is float32 ``(C, D, H, W)``, ``encoding.decode(planes)``: ``planes`` is its compact
+    stored form (see :class:`~ctcovid.preprocess.intensity.Encoding`). ``box`` is the crop in the
+    input's voxel indices (it may reach outside the image where it was padded). ``spacing_mm`` (z, y, x) and ``origin_mm``
     (LPS, centre of output voxel 0) give the output's geometry, for overlays such as Grad-CAM.
     """
 
     array: np.ndarray
+    planes: np.ndarray
+    encoding: Encoding
     box: CropBox
     spacing_mm: tuple[float, float, float]
     origin_mm: tuple[float, float, float]
@@ -262,11 +268,22 @@ class Pipeline:
         if masking and body is not None:
             out[~body.sample(z_pos, y_pos, x_pos)] = air
 
-        array = to_channels(out, units, cfg.windows_hu, cfg.in_channels)
+        bad = ~np.isfinite(out)
+        if bad.any():  # a corrupt file; integer storage cannot hold NaN, and air is the safe value
+            warnings.append(
+                f"{int(bad.sum())} voxels of the preprocessed scan were not finite (NaN/inf in the file); set to air"
+            )
+            out[bad] = air
+        del bad
+        planes, encoding = encode_channels(out, units, cfg.windows_hu, cfg.in_channels)
+        del out
+        array = encoding.decode(planes)
         spacing = (spacing_z, volume.spacing_mm[1] * box_h / size_h, volume.spacing_mm[2] * box_w / size_w)
         x_mm, y_mm, z_mm = (float(c) for c in volume.index_to_lps((z_pos[0], y_pos[0], x_pos[0])))
         return Preprocessed(
             array=array,
+            planes=planes,
+            encoding=encoding,
             box=box,
             spacing_mm=spacing,
             origin_mm=(x_mm, y_mm, z_mm),

@@ -97,8 +97,13 @@ def fit(
     config_dict: dict[str, Any] | None = None,
     batch_progress: Callable[[int], BatchProgress | None] | None = None,
     cache_progress: Callable[[int, int], None] | None = None,
+    check_space: bool = True,
 ) -> FitResult:
-    """Train ``cfg`` into ``out_dir``; see the module docstring for what is written."""
+    """Train ``cfg`` into ``out_dir``; see the module docstring for what is written.
+
+    ``check_space``: estimate the preprocessing cache from the manifest's ``n_slices`` and stop
+    with :class:`~ctcovid.data.cache.CacheFullError` before writing anything when it will not fit.
+    """
     t = cfg.train
     device = D.pick_device(t.device, D.DistInfo())
     info = D.init_distributed(device)
@@ -136,6 +141,8 @@ def fit(
         cfg.data.cache_dir or manifest_dir / ".ctcovid_cache", cfg.preprocess, manifest_dir
     )
     if info.is_main:
+        if check_space:
+            cache.check_space(train_rows + val_rows)  # before anything is written
         cache.build(
             train_rows + val_rows, workers=cfg.data.workers or (os.cpu_count() or 1), progress=cache_progress
         )
