@@ -261,3 +261,66 @@ def test_fast_header_walker_agrees_with_pydicom(tmp_path, volume_factory, monkey
         _fast_fields(p)  # the walker handles these files itself (raises if it would defer to pydicom)
         assert _header_via(p, True, monkeypatch) == _header_via(p, False, monkeypatch)
     assert _header_via(paths[0], True, monkeypatch)["position"] != [1.0, 2.0, 3.0]
+
+
+def _encapsulate_as(path: Path, codec: str, *, bits_stored: int, signed: bool) -> np.ndarray:
+    """Re-encode a written slice as JPEG Lossless (SV1) or JPEG-LS; returns the stored values."""
+    import imagecodecs
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGLosslessSV1, JPEGLSLossless
+
+    ds = pydicom.dcmread(path)
+    stored = np.frombuffer(ds.PixelData, dtype="<i2").reshape(ds.Rows, ds.Columns).astype(np.int64)
+    assert stored.min() >= 0 and stored.max() < 4096 and float(ds.RescaleSlope) == 1.0
+    hu = stored + int(ds.RescaleIntercept)
+    if signed:
+        stored = stored - 2048  # values below zero, two's complement in bits_stored bits
+    bits = stored & ((1 << bits_stored) - 1)
+    if codec == "ljpeg":
+        frame, uid = (
+            imagecodecs.ljpeg_encode(bits.astype(np.uint16), bitspersample=bits_stored),
+            JPEGLosslessSV1,
+        )
+    else:
+        frame, uid = imagecodecs.jpegls_encode(bits.astype(np.uint16), level=0), JPEGLSLossless
+    ds.PixelRepresentation, ds.BitsStored, ds.HighBit = int(signed), bits_stored, bits_stored - 1
+    ds.RescaleIntercept = int(ds.RescaleIntercept) + (2048 if signed else 0)
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = uid
+    ds.save_as(path, enforce_file_format=True)
+    return hu
+
+
+@pytest.mark.parametrize("codec", ["ljpeg", "jpegls"])
+@pytest.mark.parametrize(("bits_stored", "signed"), [(12, False), (12, True), (16, True)])
+def test_lossless_jpeg_slices_decode_through_imagecodecs_exactly_as_through_pydicom(
+    tmp_path, volume_factory, monkeypatch, codec, bits_stored, signed
+):
+    from ctcovid.io import dicom
+
+    vol = volume_factory(shape=(3, 16, 16))
+    paths = write_dicom_series(vol, tmp_path)
+    for p in paths:
+        _encapsulate_as(p, codec, bits_stored=bits_stored, signed=signed)
+    from ctcovid.io.dicom_header import read_header
+
+    assert dicom._raw_encapsulated(read_header(paths[0])) is not None  # the fast path takes it
+    fast = load_volume(tmp_path)
+    np.testing.assert_array_equal(fast.voxels, vol.voxels)
+    monkeypatch.setattr(dicom, "_fast_codec", lambda ts: None)  # pydicom + pylibjpeg only
+    np.testing.assert_array_equal(load_volume(tmp_path).voxels, fast.voxels)
+
+
+def test_a_corrupt_lossless_jpeg_frame_is_reported_naming_the_file(tmp_path, volume_factory):
+    vol = volume_factory(shape=(3, 16, 16))
+    paths = write_dicom_series(vol, tmp_path)
+    for p in paths:
+        _encapsulate_as(p, "ljpeg", bits_stored=12, signed=False)
+    ds = pydicom.dcmread(paths[1])
+    from pydicom.encaps import encapsulate
+
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xc3" + b"\x00" * 40])
+    ds.save_as(paths[1])
+    back = load_volume(tmp_path)
+    assert any(paths[1].name in w and "could not be decoded" in w for w in back.warnings), back.warnings
