@@ -32,7 +32,9 @@ from _timing import best_of
 from ctcovid.io import load_volume, write_nifti
 from ctcovid.types import Volume
 
-Geometry = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # voxels (z,y,x), spacing, origin, direction (LPS)
+Geometry = tuple[
+    np.ndarray, np.ndarray, np.ndarray, np.ndarray
+]  # voxels (z,y,x), spacing, origin, direction (LPS)
 
 
 # ---------------------------------------------------------------- candidate readers (raw geometry)
@@ -41,7 +43,12 @@ def sitk_read(path: Path) -> Geometry:
 
     img = sitk.ReadImage(str(path))
     direction = np.asarray(img.GetDirection()).reshape(3, 3)
-    return sitk.GetArrayViewFromImage(img), np.asarray(img.GetSpacing()), np.asarray(img.GetOrigin()), direction
+    return (
+        sitk.GetArrayViewFromImage(img),
+        np.asarray(img.GetSpacing()),
+        np.asarray(img.GetOrigin()),
+        direction,
+    )
 
 
 _MET_TYPES = {"MET_SHORT": "<i2", "MET_USHORT": "<u2", "MET_UCHAR": "u1", "MET_CHAR": "i1",
@@ -242,7 +249,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         orientation_check(Path(tmp))
         speed(Path(tmp), args.slices, args.repeats)
-    print(f"\ninstalled size: SimpleITK {installed_mib('SimpleITK')} | pynrrd {installed_mib('nrrd')} | own 0")
+    print(
+        f"\ninstalled size: SimpleITK {installed_mib('SimpleITK')} | pynrrd {installed_mib('nrrd')} | own 0"
+    )
 
 
 if __name__ == "__main__":

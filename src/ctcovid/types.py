@@ -38,6 +38,8 @@ class ScanFormat(str, Enum):
     NIFTI = "nifti"
     SLICES = "slices"  # a folder of 2D slice images
     NUMPY = "numpy"
+    METAIMAGE = "metaimage"  # .mha, .mhd (+ .raw)
+    NRRD = "nrrd"  # .nrrd, .nhdr (+ data file)
 
 
 class Diagnosis(str, Enum):

@@ -42,7 +42,9 @@ def _assert_same(a: Volume, b: Volume) -> None:
 def _oblique(volume: Volume, degrees: float = 20.0) -> Volume:
     a = np.deg2rad(degrees)
     rot = np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]])
-    tilt = np.array([[1.0, 0.0, 0.0], [0.0, np.cos(a / 2), -np.sin(a / 2)], [0.0, np.sin(a / 2), np.cos(a / 2)]])
+    tilt = np.array(
+        [[1.0, 0.0, 0.0], [0.0, np.cos(a / 2), -np.sin(a / 2)], [0.0, np.sin(a / 2), np.cos(a / 2)]]
+    )
     return Volume(volume.voxels, volume.spacing_mm, volume.origin_mm, direction=tilt @ rot @ volume.direction)
 
 
@@ -75,7 +77,9 @@ def test_flipped_and_permuted_file_is_reoriented_to_canonical(tmp_path, volume_f
     img = sitk.PermuteAxes(_itk_image(vol), [2, 0, 1])
     img = sitk.Flip(img, [True, False, True], flipAboutOrigin=False)
     assert not np.allclose(np.asarray(img.GetDirection()).reshape(3, 3), np.asarray(vol.direction)[:, ::-1])
-    _assert_same(load_volume(_write(img, tmp_path / name)), load_volume(write_nifti(vol, tmp_path / "ref.nii")))
+    _assert_same(
+        load_volume(_write(img, tmp_path / name)), load_volume(write_nifti(vol, tmp_path / "ref.nii"))
+    )
 
 
 @pytest.mark.parametrize("name", ["scan.mha", "scan.nrrd"])
@@ -190,13 +194,20 @@ def test_missing_simpleitk_names_the_extra_to_install(tmp_path, volume_factory, 
         load_volume(path)
 
 
-def _mha_bytes() -> bytes:
+def _file_bytes(name: str) -> bytes:
     vox = np.arange(2 * 6 * 5, dtype=np.float32).reshape(2, 6, 5) * 10 - 1000
     with tempfile.TemporaryDirectory() as d:
-        return _write(_itk_image(Volume(vox, spacing_mm=(2.0, 0.5, 0.5))), Path(d) / "v.mha").read_bytes()
+        return _write(_itk_image(Volume(vox, spacing_mm=(2.0, 0.5, 0.5))), Path(d) / name).read_bytes()
 
 
-_MHA = _mha_bytes()
+_MHA = _file_bytes("v.mha")
+_NRRD = _file_bytes("v.nrrd")
+_FUZZ = settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    derandomize=True,  # the same examples every run: a failure here reproduces
+)
 
 
 @st.composite
@@ -210,19 +221,26 @@ def _mutated(draw: st.DrawFn, original: bytes) -> bytes:
     return bytes(data)
 
 
-@settings(
-    max_examples=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-    derandomize=True,
-)
-@given(data=_mutated(_MHA))
-def test_mutated_mha_only_raises_scan_read_error(tmp_path, data):
-    path = tmp_path / "v.mha"
-    path.write_bytes(data)
+def _assert_loads_or_scan_read_error(path: Path) -> None:
     try:
         vol = load_volume(path)
     except ScanReadError as e:
         assert str(path) in str(e)
         return
     assert vol.voxels.ndim == 3 and vol.voxels.dtype == np.float32
+
+
+@_FUZZ
+@given(data=_mutated(_MHA))
+def test_mutated_mha_only_raises_scan_read_error(tmp_path, data):
+    path = tmp_path / "v.mha"
+    path.write_bytes(data)
+    _assert_loads_or_scan_read_error(path)
+
+
+@_FUZZ
+@given(data=_mutated(_NRRD))
+def test_mutated_nrrd_only_raises_scan_read_error(tmp_path, data):
+    path = tmp_path / "v.nrrd"
+    path.write_bytes(data)
+    _assert_loads_or_scan_read_error(path)

@@ -50,7 +50,7 @@ def test_corrupt_single_dicom_file_raises(tmp_path):
 
 
 def test_unknown_file_format_lists_supported_ones(tmp_path):
-    f = tmp_path / "scan.mha"
+    f = tmp_path / "scan.vtk"
     f.write_bytes(b"ObjectType = Image\n")
     with pytest.raises(ScanReadError, match="supported:"):
         load_volume(f)

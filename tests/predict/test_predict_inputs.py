@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ctcovid.errors import ScanReadError
-from ctcovid.predict import UnsafeArchiveError, ZipLimits, extract_zip_safely, open_scan
+from ctcovid.predict import UnsafeArchiveError, ZipLimits, extract_zip_safely, find_scans, open_scan
 
 
 def _zip(path: Path, entries: list[tuple[str, bytes]]) -> Path:
@@ -100,3 +100,15 @@ def test_open_scan_removes_its_temp_folder_even_when_reading_fails(scan_files, t
     with pytest.raises(ScanReadError, match="junk.zip"), open_scan(junk, tmp_dir=work):
         pass
     assert list(work.iterdir()) == []
+
+
+def test_a_folder_of_metaimage_and_nrrd_scans_is_found_and_probed(tmp_path: Path) -> None:
+    sitk = pytest.importorskip("SimpleITK")
+    from ctcovid.data.cohorts.base import probe_scan
+
+    image = sitk.GetImageFromArray(np.zeros((7, 8, 9), np.int16))  # numpy (z, y, x)
+    sitk.WriteImage(image, str(tmp_path / "luna.mhd"))  # + luna.raw, a data file, not a scan
+    sitk.WriteImage(image, str(tmp_path / "slicer.nrrd"))
+    assert sorted(sid for sid, _ in find_scans(tmp_path)) == ["luna", "slicer"]
+    assert probe_scan(tmp_path / "luna.mhd").n_slices == 7 == probe_scan(tmp_path / "slicer.nrrd").n_slices
+    assert probe_scan(tmp_path / "luna.mhd").format == "metaimage"

@@ -151,9 +151,8 @@ def test_nan_losses_stop_the_run_before_any_checkpoint(
 ) -> None:
     import numpy as np
 
-    from ctcovid.train.run import TrainingDiverged
-
     from ctcovid.data.dataset import CachedDataset
+    from ctcovid.train.run import TrainingDiverged
 
     cfg_path, _ = tiny_run
     real = CachedDataset.__getitem__

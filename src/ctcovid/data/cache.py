@@ -212,7 +212,9 @@ class PreprocessCache:
         bound where the body crop along z (``crop_z``) would shorten it."""
         cfg = self.cfg
         units = Units.DISPLAY if row.format.lower() in DISPLAY_FORMATS else Units.HU
-        enc = encoding_for(units, cfg.windows_hu if units == Units.HU else cfg.windows_hu[:1], cfg.in_channels)
+        enc = encoding_for(
+            units, cfg.windows_hu if units == Units.HU else cfg.windows_hu[:1], cfg.in_channels
+        )
         depth = cfg.depth if cfg.depth_mode == "uniformize" else n_slices
         return enc.n_planes * enc.itemsize * depth * cfg.size_hw[0] * cfg.size_hw[1] + 128
 

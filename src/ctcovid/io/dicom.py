@@ -87,7 +87,7 @@ def _fast_codec(transfer_syntax: str) -> Any:
     return getattr(imagecodecs, name, None)
 
 
-_FAST_CODECS = {
+_FAST_CODECS: dict[str, str] = {
     JPEGLossless: "ljpeg_decode",
     JPEGLosslessSV1: "ljpeg_decode",
     JPEGLSLossless: "jpegls_decode",

@@ -14,6 +14,7 @@ SimpleITK is an optional dependency (``pip install 'ctcovid[itk]'``), imported o
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -35,15 +36,14 @@ _FORMATS: dict[str, tuple[str, str]] = {
 }
 ITK_SUFFIXES: tuple[str, ...] = tuple(_FORMATS)
 
-# ctcovid.types.ScanFormat has no MetaImage/NRRD member yet; until it does, ScanSource.format
-# says NIFTI (the other single-file, affine-carrying format) and source.path keeps the suffix.
-_SCAN_FORMAT = ScanFormat.NIFTI
+_SCAN_FORMAT = {"MetaImage": ScanFormat.METAIMAGE, "NRRD": ScanFormat.NRRD}
 
 # Array axes (z, y, x) must point +S, +P, +L: LPS world axes 2, 1, 0, all positive (nibabel ornt).
 _CANONICAL_ORNT = np.array([[2.0, 1.0], [1.0, 1.0], [0.0, 1.0]])
 # zlib/gzip never inflate by more than ~1032:1 (same bound as the NIfTI reader).
 _MAX_GZIP_RATIO = 1100
 _HEADER_BYTES = 65536  # headers are a few hundred bytes; read no more than this to find the data file
+_METAIMAGE_REQUIRED = ("NDims", "DimSize", "ElementType", "ElementDataFile")
 _EIGHT_BIT = (np.dtype(np.uint8), np.dtype(np.int8))
 
 
@@ -66,7 +66,8 @@ def _itk_reason(e: BaseException) -> str:
     for ln in reversed(lines):
         for marker in ("ITK ERROR:", "sitk::ERROR:"):
             if marker in ln:
-                return ln.split(marker, 1)[1].strip()
+                # drop the C++ object's name and address: "MetaImageIO(0x55a8...): File cannot ..."
+                return re.sub(r"^\w+\(0x[0-9a-fA-F]+\):\s*", "", ln.split(marker, 1)[1].strip())
     return lines[-1] if lines else type(e).__name__
 
 
@@ -85,9 +86,16 @@ def _header_lines(path: Path) -> list[str]:
             head = f.read(_HEADER_BYTES)
     except OSError as e:
         raise ScanReadError(path, f"file cannot be read ({e.strerror})", "check its permissions") from e
-    # The header is ASCII text; stop at the first NUL byte or blank line (where inline data starts).
+    # The header is ASCII text; binary voxels may follow it in the same file (the parsers stop at
+    # ElementDataFile or at NRRD's blank line), and a NUL byte is never header text.
     text = head.split(b"\0", 1)[0].decode("latin-1")
     return text.splitlines()
+
+
+def _is_file_list(name: str) -> bool:
+    """``LIST`` (file names follow) or a ``printf`` pattern with its numbers: one file per slice."""
+    parts = name.split()
+    return bool(parts) and (parts[0].upper() == "LIST" or len(parts) > 1 or "%" in name)
 
 
 def _metaimage_data_file(path: Path, lines: list[str]) -> _DataFile:
@@ -99,14 +107,16 @@ def _metaimage_data_file(path: Path, lines: list[str]) -> _DataFile:
         fields[key.strip().lower()] = value.strip()
         if key.strip().lower() == "elementdatafile":  # always the last field; data follows
             break
-    compressed = fields.get("compresseddata", "false").lower() == "true"
-    name = fields.get("elementdatafile")
-    if name is None:
-        raise ScanReadError(path, "MetaImage header has no ElementDataFile field",
+    # Checked here too (MetaIO checks them, but prints to stderr and says less).
+    missing = [key for key in _METAIMAGE_REQUIRED if not fields.get(key.lower())]
+    if missing:
+        raise ScanReadError(path, f"MetaImage header lacks {', '.join(missing)}",
                             "the header is truncated or corrupt")  # fmt: skip
+    compressed = fields.get("compresseddata", "false").lower() == "true"
+    name = fields["elementdatafile"]
     if name.upper() == "LOCAL":
         return _DataFile(path, compressed, bounded=True)
-    if name.upper().startswith("LIST") or "%" in name or " " in name:
+    if _is_file_list(name):
         return _DataFile(None, compressed, bounded=False)
     return _DataFile(path.parent / name, compressed, bounded=True)
 
@@ -130,7 +140,7 @@ def _nrrd_data_file(path: Path, lines: list[str]) -> _DataFile:
     name = fields.get("data file", fields.get("datafile"))
     if name is None:
         return _DataFile(path, compressed, bounded)
-    if name.upper().startswith("LIST") or "%" in name or " " in name:
+    if _is_file_list(name):
         return _DataFile(None, compressed, bounded=False)
     return _DataFile(path.parent / name, compressed, bounded)
 
@@ -143,7 +153,7 @@ def _data_file(path: Path) -> _DataFile:
 
 
 def _numpy_dtype(sitk: ModuleType, pixel_id: int) -> np.dtype | None:
-    return {
+    dtypes: dict[int, np.dtype] = {
         sitk.sitkUInt8: np.dtype(np.uint8),
         sitk.sitkInt8: np.dtype(np.int8),
         sitk.sitkUInt16: np.dtype(np.uint16),
@@ -154,7 +164,8 @@ def _numpy_dtype(sitk: ModuleType, pixel_id: int) -> np.dtype | None:
         sitk.sitkInt64: np.dtype(np.int64),
         sitk.sitkFloat32: np.dtype(np.float32),
         sitk.sitkFloat64: np.dtype(np.float64),
-    }.get(pixel_id)
+    }
+    return dtypes.get(pixel_id)
 
 
 def read_itk(path: str | Path) -> Volume:
@@ -186,7 +197,7 @@ def read_itk(path: str | Path) -> Volume:
         reader.ReadImageInformation()
     except RuntimeError as e:
         raise ScanReadError(path, f"not a readable {kind} header ({_itk_reason(e)})",
-                            "the header is corrupt or not this format")  # fmt: skip
+                            "the header is corrupt or not this format") from e  # fmt: skip
     size = tuple(int(s) for s in reader.GetSize())
     while len(size) > 3 and size[-1] == 1:
         size = size[:-1]
@@ -253,7 +264,8 @@ def _to_volume(path: Path, sitk: ModuleType, image: Any, size: tuple[int, ...], 
                      "cannot hold CT values in HU: this looks like a mask or a display export")  # fmt: skip
     if dtype.kind == "f" and not np.all(np.isfinite(voxels)):
         warns.append("volume contains NaN or infinite voxels")
-    source = ScanSource(format=_SCAN_FORMAT, path=str(path), n_slices=int(voxels.shape[0]), warnings=warns)
+    kind = _SCAN_FORMAT[_FORMATS[path.suffix.lower()][0]]
+    source = ScanSource(format=kind, path=str(path), n_slices=int(voxels.shape[0]), warnings=warns)
     return Volume(
         voxels=voxels,
         spacing_mm=(float(spacing[0]), float(spacing[1]), float(spacing[2])),

@@ -28,12 +28,22 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ctcovid.errors import ScanReadError
-from ctcovid.io import IMAGE_SUFFIXES, is_dicom_file, is_nifti_path, load_volume, natural_key
+from ctcovid.io import (
+    IMAGE_SUFFIXES,
+    ITK_SUFFIXES,
+    is_dicom_file,
+    is_itk_path,
+    is_nifti_path,
+    load_volume,
+    natural_key,
+)
 from ctcovid.types import Volume
 
 _ARRAY_SUFFIXES = (".npy", ".npz")
 # Files that sit beside scans in dataset folders and are never scan data.
-_NOT_SCANS = frozenset({".csv", ".json", ".txt", ".md", ".xml", ".pdf", ".html", ".log", ".toml", ".yaml"})
+_NOT_SCANS = frozenset(
+    {".raw", ".zraw", ".csv", ".json", ".txt", ".md", ".xml", ".pdf", ".html", ".log", ".toml", ".yaml"}
+)
 # Suffixes an extracted entry may keep (the reader dispatches on them); anything else gets none.
 _KEEP_SUFFIXES = frozenset({".dcm", ".dicom", ".ima", *IMAGE_SUFFIXES})
 _MAX_DEPTH = 8  # how deep find_scans looks below a folder of scans
@@ -58,7 +68,7 @@ def is_zip_path(path: str | Path) -> bool:
 
 
 def _is_scan_file(p: Path) -> bool:
-    return is_nifti_path(p) or p.suffix.lower() in _ARRAY_SUFFIXES or is_zip_path(p)
+    return is_nifti_path(p) or is_itk_path(p) or p.suffix.lower() in _ARRAY_SUFFIXES or is_zip_path(p)
 
 
 def is_scan_folder(folder: Path) -> bool:
@@ -112,7 +122,7 @@ def _walk(root: Path, folder: Path, depth: int, found: list[tuple[str, Path]]) -
 
 
 def _strip_suffix(name: str) -> str:
-    for suffix in (".nii.gz", ".nii", ".npy", ".npz", ".zip"):
+    for suffix in (".nii.gz", ".nii", ".npy", ".npz", ".zip", *ITK_SUFFIXES):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name

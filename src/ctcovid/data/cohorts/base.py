@@ -87,6 +87,25 @@ def _is_dicom(path: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
+def _probe_itk(path: Path) -> Probe:
+    """MetaImage / NRRD: the slice count from the header (SimpleITK reads no pixels for it)."""
+    kind = "nrrd" if path.suffix.lower() in (".nrrd", ".nhdr") else "metaimage"
+    try:
+        import SimpleITK as sitk
+    except ImportError:
+        return Probe(kind, 0, error="reading MetaImage/NRRD needs SimpleITK: pip install 'ctcovid[itk]'")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        return Probe(kind, 0, error=f"unreadable {kind} header ({str(e).strip().splitlines()[-1][:120]})")
+    size = reader.GetSize()
+    if len(size) < 3:
+        return Probe(kind, 0, error=f"{kind} image is {len(size)}D, not a volume")
+    return Probe(kind, int(size[2]))  # ITK size is (x, y, z): z counts the slices of an axial scan
+
+
 def probe_scan(path: Path) -> Probe:
     """Format and slice count of a scan path without decoding pixels; ``error`` when unusable."""
     if path.is_file():
@@ -103,7 +122,13 @@ def probe_scan(path: Path) -> Probe:
             return Probe("nifti", int(shape[2]))
         if name.endswith((".npy", ".npz")):
             return Probe("numpy", 0)
-        return Probe("unknown", 0, error="not a scan file (expected .nii, .nii.gz, .npy, .npz or a folder)")
+        if name.endswith((".mha", ".mhd", ".nrrd", ".nhdr")):
+            return _probe_itk(path)
+        return Probe(
+            "unknown",
+            0,
+            error="not a scan file (expected .nii, .nii.gz, .mha, .mhd, .nrrd, .nhdr, .npy, .npz or a folder)",
+        )
     if not path.is_dir():
         return Probe("unknown", 0, error="path does not exist")
     files = [f for f in path.iterdir() if f.is_file() and not f.name.startswith(".")]
