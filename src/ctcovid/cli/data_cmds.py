@@ -48,12 +48,33 @@ def _add_synth(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", choices=["diagnosis", "severity"], default="diagnosis")
     p.add_argument("--format", choices=["dicom", "nifti", "png", "npy"], default="png")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--slices",
+        type=int,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        default=(20, 40),
+        help="slices per scan, drawn in [LOW, HIGH] (default 20 40; real chest CTs: 250 400)",
+    )
+    p.add_argument("--size", type=int, default=64, help="in-plane pixels, square (default 64; real CT: 512)")
+    p.add_argument(
+        "--scans-per-patient", type=int, nargs=2, metavar=("LOW", "HIGH"), default=(1, 3),
+        help="scans per patient, drawn in [LOW, HIGH] (default 1 3)",
+    )  # fmt: skip
 
 
 def _run_synth(args: argparse.Namespace) -> int:
     from ctcovid.data.synthetic import SynthConfig, generate_cohort
 
-    cfg = SynthConfig(n=args.n, task=args.task, format=args.format, seed=args.seed)
+    cfg = SynthConfig(
+        n=args.n,
+        task=args.task,
+        format=args.format,
+        seed=args.seed,
+        slices=tuple(args.slices),
+        in_plane=(args.size, args.size),
+        scans_per_patient=tuple(args.scans_per_patient),
+    )
     with progress(args.n, "synth") as tick:
         summary = generate_cohort(args.out, cfg, progress=tick)
     _print_summary(summary)
