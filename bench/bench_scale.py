@@ -65,7 +65,7 @@ times = []
 for _ in range(steps):
     t0 = time.perf_counter(); step(); times.append(time.perf_counter() - t0)
 print(json.dumps({"step_s": min(times), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "plan": "; ".join(plan.notes)}))
+                  "plan": "; ".join(plan.notes) or "fp32"}))
 """
 
 
@@ -180,7 +180,8 @@ def main() -> None:
             base = "Pillow" if k == "diagnosis" else "SimpleITK"
             print(f"   {k:<9} {p['build_s']:.2f} s a scan of {p['slices']:.0f} slices (read + preprocess + write), "
                   f"{base} decode alone {p['decode_s']:.2f} s: {p['build_s'] / p['decode_s']:.2f}x; "
-                  f"cache {p['bytes'] / 1e6:.1f} MB a scan, {p['bytes'] / p['slices'] / 1e3:.0f} KB a source slice")  # fmt: skip
+                  f"cache {p['bytes'] / 1e6:.1f} MB a scan, {p['bytes'] / p['slices'] / 1e3:.0f} KB a source slice "
+                  f"({p['bytes'] / (p['slices'] * args.size**2):.3f} x its 8-bit voxels)")  # fmt: skip
         print(
             f"\n## training steps (tuned plan as fit runs it, best of {args.steps} after a warm-up; subprocess each)"
         )
