@@ -1,7 +1,7 @@
 """What reproducing each paper costs: disk, preprocessing time, training time, memory, projected.
 
     python bench/bench_scale.py [--scans 2] [--slices 250 400] [--size 512] [--steps 1]
-        [--diag-batch 32] [--sev-batch 6] [--out DIR] [--keep]
+        [--diag-batch 32] [--sev-batch 6] [--no-train] [--out DIR] [--keep]
 
 A synthetic cohort of realistic size (chest CTs of ``--slices`` slices at ``--size`` x ``--size``)
 is written twice, as published: CC-CCII (PNG slices, ``<class>/<patient>/<scan>/``) and CNCB
@@ -157,6 +157,7 @@ def main() -> None:
     ap.add_argument(
         "--gpu-sev-step", type=float, default=0.0, help="s per CT-S152 step at 6x1x40x256x256 on a GPU"
     )
+    ap.add_argument("--no-train", action="store_true", help="skip the training steps (and the projection)")
     ap.add_argument("--out", help="working folder (default: a temporary one, removed at the end)")
     ap.add_argument("--keep", action="store_true", help="keep the working folder")
     args = ap.parse_args()
@@ -182,6 +183,8 @@ def main() -> None:
                   f"{base} decode alone {p['decode_s']:.2f} s: {p['build_s'] / p['decode_s']:.2f}x; "
                   f"cache {p['bytes'] / 1e6:.1f} MB a scan, {p['bytes'] / p['slices'] / 1e3:.0f} KB a source slice "
                   f"({p['bytes'] / (p['slices'] * args.size**2):.3f} x its 8-bit voxels)")  # fmt: skip
+        if args.no_train:
+            return
         print(
             f"\n## training steps (tuned plan as fit runs it, best of {args.steps} after a warm-up; subprocess each)"
         )
