@@ -86,3 +86,13 @@ def test_import_ctcovid_is_light() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert out == ""
+
+
+def test_no_two_modules_of_evaluate_import_each_other() -> None:
+    """sweep.py runs the tables; tables.py takes plain rows and must not import sweep back (issue 17)."""
+    graph: dict[str, set[str]] = {}
+    for f in sorted((PKG / "evaluate").glob("*.py")):
+        mod = "ctcovid.evaluate." + f.stem
+        graph[mod] = {t for _, t in _imports(f) if t.startswith("ctcovid.evaluate.") and t != mod}
+    pairs = sorted((a, b) for a, deps in graph.items() for b in deps if a in graph.get(b, set()) and a < b)
+    assert pairs == [], f"circular imports: {pairs}"

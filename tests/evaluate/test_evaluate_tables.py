@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ctcovid.evaluate.report import evaluate_predictions
-from ctcovid.evaluate.sweep import load_sweep
+from ctcovid.evaluate.sweep import load_sweep, run_settings
 from ctcovid.evaluate.tables import run_row, write_tables
 from tiny_cohort import make_cohort
 
@@ -36,8 +36,13 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_models_table_is_table_7(manifest: Path, tmp_path: Path) -> None:
     sweep = load_sweep(REPO / "configs/sweeps/diagnosis_models.toml", [f"data.manifest={manifest}"])
     runs = [replace(r, evaluate=replace(r.evaluate, level="scan")) for r in sweep.runs]  # with CIs
-    rows = [run_row(sweep, r, _result(["NCP", "CP", "Normal"], 1 + i, "NCP", i)) for i, r in enumerate(runs)]
-    written = write_tables(sweep, rows, tmp_path)
+    rows = [
+        run_row(run_settings(r), _result(["NCP", "CP", "Normal"], 1 + i, "NCP", i), r.evaluate.level)
+        for i, r in enumerate(runs)
+    ]
+    written = write_tables(
+        rows, tmp_path, table=sweep.table, name=sweep.path.stem, base=str(sweep.base), grid=list(sweep.grid)
+    )
     md = written["md"].read_text()
     assert "| Model | Accuracy | NCP precision | NCP recall | NCP F1 | AUROC |" in md
     assert "| r2plus1d_18 | 0.8333 [0.7242, 0.9296] |" in md  # value [CI]
@@ -51,9 +56,12 @@ def test_severity_table_is_table_1_with_the_best_confusion_matrix(manifest: Path
     sweep = load_sweep(REPO / "configs/sweeps/severity_models.toml", [f"data.manifest={manifest}"])
     labels = ["low", "medium", "high"]
     rows = [
-        run_row(sweep, r, _result(labels, [1.5, 2.0, 2.5, 4.0][i], None, i)) for i, r in enumerate(sweep.runs)
+        run_row(run_settings(r), _result(labels, [1.5, 2.0, 2.5, 4.0][i], None, i), r.evaluate.level)
+        for i, r in enumerate(sweep.runs)
     ]
-    written = write_tables(sweep, rows, tmp_path)
+    written = write_tables(
+        rows, tmp_path, table=sweep.table, name=sweep.path.stem, base=str(sweep.base), grid=list(sweep.grid)
+    )
     md = written["md"].read_text()
     assert "| Model | Accuracy | Macro F1 | Quadratic kappa |" in md
     assert "Confusion matrix of the best run, ct_s152 (row-normalized; rows = truth)" in md

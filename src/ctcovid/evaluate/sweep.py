@@ -211,6 +211,20 @@ def run_state(run: SweepRun, run_dir: Path) -> Literal["new", "partial", "traine
     return "done" if (eval_dir(run, run_dir) / "metrics.json").is_file() else "trained"
 
 
+def run_settings(run: SweepRun) -> dict[str, Any]:
+    """What a table shows of a run besides its metrics: name, model, depth, batch size, aggregation
+    and the swept values (plain data for :func:`ctcovid.evaluate.tables.run_row`)."""
+    cfg, pre = run.config, run.config.preprocess
+    return {
+        "run": run.name,
+        "model": cfg.model.name,
+        "depth": pre.chunk_depth if pre.depth_mode == "stack" else pre.depth,
+        "batch_size": cfg.train.batch_size,
+        "aggregate": run.evaluate.aggregate,
+        **run.values,
+    }
+
+
 def eval_dir(run: SweepRun, run_dir: Path) -> Path:
     return run_dir / f"eval_{run.evaluate.split}"
 
@@ -304,8 +318,10 @@ def run_sweep(
             event(f"failed: {e}", i, run.name)
             continue
         metrics = json.loads((eval_dir(run, run_dir) / "metrics.json").read_text())
-        rows.append(run_row(sweep, run, metrics))
-    write_tables(sweep, rows, out)
+        rows.append(run_row(run_settings(run), metrics, run.evaluate.level))
+    write_tables(
+        rows, out, table=sweep.table, name=sweep.path.stem, base=str(sweep.base), grid=list(sweep.grid)
+    )
     (out / "sweep.json").write_text(
         json.dumps(
             {"sweep": str(sweep.path), "base": str(sweep.base), "table": sweep.table, "rows": rows},

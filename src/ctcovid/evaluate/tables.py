@@ -10,26 +10,27 @@
 "Accuracy" is the K-way accuracy. "Recall", "precision" and "F1" are the binary "positive vs
 rest" values when the evaluation has a positive class (COVID-19 = ``NCP`` vs CP and normal: the
 diagnosis paper's 99.96 % recall next to its 99.24 % three-way accuracy), else macro averages.
+
+The module takes plain rows and names (it does not know the sweep objects): :mod:`.sweep` builds
+each run's settings and calls :func:`run_row` and :func:`write_tables`; the import runs one way.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ctcovid.evaluate.render import Doc, with_ci, write_csv
-
-if TYPE_CHECKING:
-    from ctcovid.evaluate.sweep import Sweep, SweepRun
 
 METRICS = ("accuracy", "precision", "recall", "f1", "auroc", "kappa_quadratic")
 
 
-def run_row(sweep: Sweep, run: SweepRun, metrics: dict[str, Any]) -> dict[str, Any]:
-    """One flat table row of a run: its settings and its metrics (with CI bounds) at the sweep's level."""
-    cfg, ev = run.config, run.evaluate
-    m = metrics[ev.level]
-    ci = metrics.get("ci", {}).get(ev.level, {})
+def run_row(settings: Mapping[str, Any], metrics: dict[str, Any], level: str) -> dict[str, Any]:
+    """One flat table row of a run: its ``settings`` (``run``, ``model``, ``depth``, ``batch_size``,
+    ``aggregate`` and the swept values) and its metrics (with CI bounds) at ``level``."""
+    m = metrics[level]
+    ci = metrics.get("ci", {}).get(level, {})
     binary = m.get("binary")
     source = {
         "accuracy": (m["accuracy"], "accuracy"),
@@ -38,17 +39,16 @@ def run_row(sweep: Sweep, run: SweepRun, metrics: dict[str, Any]) -> dict[str, A
     }
     for name in ("precision", "recall", "f1"):
         source[name] = (binary[name], f"binary_{name}") if binary else (m[f"{name}_macro"], f"{name}_macro")
-    pre = cfg.preprocess
     row: dict[str, Any] = {
-        "run": run.name,
-        "model": cfg.model.name,
-        "depth": pre.chunk_depth if pre.depth_mode == "stack" else pre.depth,
-        "batch_size": cfg.train.batch_size,
-        "aggregate": ev.aggregate,
-        "level": ev.level,
+        "run": settings["run"],
+        "model": settings["model"],
+        "depth": settings["depth"],
+        "batch_size": settings["batch_size"],
+        "aggregate": settings["aggregate"],
+        "level": level,
         "n": m["n"],
         "binary_of": binary["positive"] if binary else "macro",
-        **{k: v for k, v in run.values.items() if not isinstance(v, dict | list)},
+        **{k: v for k, v in settings.items() if not isinstance(v, dict | list)},
     }
     for name, (value, ci_key) in source.items():
         row[name] = value
@@ -63,17 +63,27 @@ def _cell(row: dict[str, Any], metric: str) -> str:
     return with_ci(row.get(metric), {"low": row.get(f"{metric}_low"), "high": row.get(f"{metric}_high")}, 4)
 
 
-def write_tables(sweep: Sweep, rows: list[dict[str, Any]], out: Path) -> dict[str, Path]:
-    """Write ``table.md``, ``table.html``, ``table.csv`` and the plots of ``sweep.table``."""
+def write_tables(
+    rows: list[dict[str, Any]],
+    out: Path,
+    *,
+    table: str,
+    name: str,
+    base: str = "",
+    grid: Sequence[str] = (),
+) -> dict[str, Path]:
+    """Write ``table.md``, ``table.html``, ``table.csv`` and the plots of layout ``table``
+    (``depth_batch``, ``models`` or ``severity``) for the sweep called ``name`` (``base``: its
+    base config; ``grid``: the swept keys, CSV columns)."""
     from ctcovid.metrics import plots
 
     written: dict[str, Path] = {}
-    doc = Doc(f"Sweep {sweep.path.stem}: {sweep.table.replace('_', ' x ')}")
+    doc = Doc(f"Sweep {name}: {table.replace('_', ' x ')}")
     level = rows[0]["level"] if rows else "scan"
     of = rows[0]["binary_of"] if rows else "macro"
     scores = f"recall/precision/F1 of {of} vs rest" if of != "macro" else "macro recall/precision/F1"
     doc.text(
-        f"Base config `{sweep.base}`; {len(rows)} evaluated runs; metrics at {level} level; {scores}; "
+        f"Base config `{base}`; {len(rows)} evaluated runs; metrics at {level} level; {scores}; "
         "[95% patient-bootstrap CI] where the level allows it; — = undefined."
     )
     labels = {m: m.replace("_", " ").capitalize() for m in METRICS}
@@ -82,7 +92,7 @@ def write_tables(sweep: Sweep, rows: list[dict[str, Any]], out: Path) -> dict[st
         labels[m] = (
             f"{of} {labels[m].lower() if m != 'f1' else 'F1'}" if of != "macro" else f"Macro {labels[m]}"
         )
-    if sweep.table == "depth_batch":
+    if table == "depth_batch":
         rows = sorted(rows, key=lambda r: (r["batch_size"], r["depth"]))
         shown = ["accuracy", "recall"]
         doc.table(
@@ -122,7 +132,7 @@ def write_tables(sweep: Sweep, rows: list[dict[str, Any]], out: Path) -> dict[st
     else:
         shown = (
             ["accuracy", "precision", "recall", "f1", "auroc"]
-            if sweep.table == "models"
+            if table == "models"
             else ["accuracy", "f1", "kappa_quadratic"]
         )
         doc.table(
@@ -131,12 +141,12 @@ def write_tables(sweep: Sweep, rows: list[dict[str, Any]], out: Path) -> dict[st
         written["bars"] = plots.plot_metric_bars(
             rows,
             name="run",
-            metrics=shown if sweep.table == "models" else ["accuracy"],
+            metrics=shown if table == "models" else ["accuracy"],
             path=out / "metrics_by_model.png",
             metric_labels=labels,
-            title=f"{sweep.path.stem}",
+            title=name,
         )
-        if sweep.table == "severity" and any(r["accuracy"] is not None for r in rows):
+        if table == "severity" and any(r["accuracy"] is not None for r in rows):
             best = max(rows, key=lambda r: r["accuracy"] or -1.0)
             doc.heading(f"Confusion matrix of the best run, {best['run']} (row-normalized; rows = truth)")
             doc.table(
@@ -150,7 +160,7 @@ def write_tables(sweep: Sweep, rows: list[dict[str, Any]], out: Path) -> dict[st
         doc.image(path, key.replace("_", " "))
     written["md"], written["html"] = out / "table.md", out / "table.html"
     doc.write(written["md"], written["html"])
-    columns = ["run", *sweep.grid, "model", "depth", "batch_size", "aggregate", "level", "n", "binary_of"]
+    columns = ["run", *grid, "model", "depth", "batch_size", "aggregate", "level", "n", "binary_of"]
     columns += [f"{m}{s}" for m in METRICS for s in ("", "_low", "_high")]
     written["csv"] = write_csv(out / "table.csv", columns, [[r.get(c) for c in columns] for r in rows])
     return written
