@@ -51,14 +51,14 @@ from scipy import ndimage
 
 from ctcovid.checkpoint import make_checkpoint
 from ctcovid.data.manifest import ManifestRow, write_manifest
-from ctcovid.data.phantom import LUNG_TISSUES, Tissue
-from ctcovid.data.synthetic import SynthCase, synth_case
 from ctcovid.io import write_nifti
 from ctcovid.models import create_model
 from ctcovid.predict import Predictor, explain
 from ctcovid.predict.cam import layer_cams, resolve_layers
 from ctcovid.predict.explain import Explanation, _baseline, attribution_maps, finish_heat, stitch_chunks
 from ctcovid.predict.heatmap import montage_png, restriction_mask
+from ctcovid.synth.cohort import SynthCase, synth_case
+from ctcovid.synth.phantom import LUNG_TISSUES, Tissue
 from ctcovid.train.config import run_config_from_dict
 from ctcovid.train.run import fit
 from ctcovid.types import Volume

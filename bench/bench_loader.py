@@ -91,7 +91,7 @@ def machine_info() -> list[str]:
 
 
 def write_scans(work: Path, n: int) -> list[ManifestRow]:
-    from ctcovid.data.synthetic import synth_case
+    from ctcovid.synth.cohort import synth_case
 
     folder = work / "scans"
     folder.mkdir(parents=True, exist_ok=True)

@@ -48,8 +48,8 @@ def dicom_series(work: Path) -> Path:
     folder = work / "dicom_300x512x512"
     if folder.is_dir() and len(list(folder.glob("*.dcm"))) == SHAPE[0]:
         return folder
-    from ctcovid.data.synthetic import synth_case
     from ctcovid.io import write_dicom_series
+    from ctcovid.synth.cohort import synth_case
 
     t0 = time.perf_counter()
     case = synth_case("NCP", rng=np.random.default_rng(0), shape=SHAPE, severity_score=4)

@@ -81,7 +81,7 @@ def best(fn: Any, repeats: int = 2) -> float:
 def write_cohorts(out: Path, args: argparse.Namespace) -> dict[str, Path]:
     from ctcovid.data.cohorts import import_cohort
     from ctcovid.data.manifest import write_manifest
-    from ctcovid.data.synthetic import SynthConfig, generate_cohort
+    from ctcovid.synth.cohort import SynthConfig, generate_cohort
 
     manifests = {}
     for task, fmt, kind in (("diagnosis", "png", "cc-ccii"), ("severity", "dicom", "cncb-severity")):

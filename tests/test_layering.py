@@ -19,6 +19,7 @@ LAYER = {
     "models": 1,
     "metrics": 1,
     "data": 2,
+    "synth": 2,
     "checkpoint": 2,
     "train": 3,
     "predict": 3,
@@ -96,3 +97,17 @@ def test_no_two_modules_of_evaluate_import_each_other() -> None:
         graph[mod] = {t for _, t in _imports(f) if t.startswith("ctcovid.evaluate.") and t != mod}
     pairs = sorted((a, b) for a, deps in graph.items() for b in deps if a in graph.get(b, set()) and a < b)
     assert pairs == [], f"circular imports: {pairs}"
+
+
+def test_data_holds_real_datasets_only_and_never_imports_synth() -> None:
+    """The synthetic cohort is its own package (issue 17); data/ is datasets, manifests, caches."""
+    offenders = [
+        f"{f.relative_to(PKG)}:{line} imports {target}"
+        for f in sorted((PKG / "data").rglob("*.py"))
+        for line, target in _imports(f)
+        if target == "ctcovid.synth" or target.startswith("ctcovid.synth.")
+    ]
+    assert offenders == []
+    assert not any(
+        (PKG / "data" / f"{m}.py").exists() for m in ("phantom", "lesions", "synthetic", "synth_scan")
+    )

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from ctcovid.checkpoint import make_checkpoint, save_checkpoint
-from ctcovid.data.synthetic import SynthCase, synth_case
 from ctcovid.io import write_dicom_series, write_nifti, write_slices
 from ctcovid.models import create_model
 from ctcovid.preprocess import PreprocessConfig
+from ctcovid.synth.cohort import SynthCase, synth_case
 
 LABELS = ["NCP", "CP", "Normal"]
 MakeCkpt = Callable[..., Path]

@@ -13,8 +13,6 @@ from torch import nn
 
 from ctcovid.cli import main
 from ctcovid.cli.predict_cmds import _add_explain
-from ctcovid.data.phantom import LUNG_TISSUES, Tissue
-from ctcovid.data.synthetic import SynthCase, synth_case
 from ctcovid.errors import CtcovidError
 from ctcovid.io import load_volume, write_nifti
 from ctcovid.predict import Predictor, explain, to_input_grid
@@ -23,6 +21,8 @@ from ctcovid.predict.explain import attribution_maps
 from ctcovid.predict.heatmap import clear_lungs, restriction_mask
 from ctcovid.preprocess import CropBox, PreprocessConfig, build_pipeline
 from ctcovid.preprocess.intensity import to_channels
+from ctcovid.synth.cohort import SynthCase, synth_case
+from ctcovid.synth.phantom import LUNG_TISSUES, Tissue
 from ctcovid.types import Units, Volume
 
 

@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ctcovid.cli import main
-from ctcovid.data.synthetic import SynthCase
 from ctcovid.errors import CtcovidError
 from ctcovid.io import load_volume
 from ctcovid.predict import Prediction, Predictor, find_scans
+from ctcovid.synth.cohort import SynthCase
 
 FORMATS = ("nifti", "dicom", "zip", "npy")
 

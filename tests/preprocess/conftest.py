@@ -1,6 +1,6 @@
 """Small HU chest phantoms with a patient table, for the preprocessing tests.
 
-Built here (not with ``ctcovid.data.synthetic``) so that the tests know exactly which voxels are
+Built here (not with ``ctcovid.synth.cohort``) so that the tests know exactly which voxels are
 body and which are table: air -1000 HU, an elliptical body at ~40 HU with two lungs at -850 HU,
 a foam mattress (-900 HU, below the body threshold) under it, and a 3-voxel dense table slab
 (+600 HU) under the mattress, across most of the width.

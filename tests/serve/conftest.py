@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from ctcovid.checkpoint import make_checkpoint, save_checkpoint
-from ctcovid.data.synthetic import synth_case
 from ctcovid.io import write_dicom_series, write_nifti
 from ctcovid.models import create_model
 from ctcovid.preprocess import PreprocessConfig
+from ctcovid.synth.cohort import synth_case
 
 
 @pytest.fixture(scope="session")

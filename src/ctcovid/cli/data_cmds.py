@@ -64,7 +64,7 @@ def _add_synth(p: argparse.ArgumentParser) -> None:
 
 
 def _run_synth(args: argparse.Namespace) -> int:
-    from ctcovid.data.synthetic import SynthConfig, generate_cohort
+    from ctcovid.synth.cohort import SynthConfig, generate_cohort
 
     cfg = SynthConfig(
         n=args.n,

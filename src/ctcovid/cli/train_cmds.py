@@ -101,8 +101,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     from ctcovid.data.cohorts import import_cohort
     from ctcovid.data.manifest import summary_table, write_manifest
     from ctcovid.data.splits import split_path, split_patients, write_split
-    from ctcovid.data.synthetic import SynthConfig, generate_cohort
     from ctcovid.evaluate.report import evaluate_checkpoint, write_report
+    from ctcovid.synth.cohort import SynthConfig, generate_cohort
     from ctcovid.train.config import run_config_from_dict
     from ctcovid.train.run import fit
 

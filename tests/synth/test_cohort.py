@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ctcovid.data.synthetic import SynthConfig, generate_cohort, synth_scan
 from ctcovid.errors import ConfigError
+from ctcovid.synth.cohort import SynthConfig, generate_cohort, synth_scan
 from ctcovid.types import ScanFormat, Units
 
 SMALL = {"slices": (20, 22), "in_plane": (48, 48)}

@@ -1,7 +1,7 @@
 """Synthetic chest CT: the demo's embedded dataset and every test's fixture.
 
 :func:`synth_scan` renders one scan in HU from the millimetre-defined phantom of
-:mod:`ctcovid.data.phantom` (anatomy) and :mod:`ctcovid.data.lesions` (disease), adds scanner
+:mod:`ctcovid.synth.phantom` (anatomy) and :mod:`ctcovid.synth.lesions` (disease), adds scanner
 noise and returns it with its lesion mask. :func:`generate_cohort` writes a cohort in the layout
 of a public dataset, so the importers and readers meet the same trees real data comes in:
 
@@ -36,8 +36,9 @@ from pathlib import Path
 import numpy as np
 
 from ctcovid.data.manifest import COLUMNS as MANIFEST_COLUMNS
-from ctcovid.data.phantom import Patient
-from ctcovid.data.synth_scan import (  # noqa: F401  (re-exported: the scan-level API lives there)
+from ctcovid.errors import ConfigError
+from ctcovid.synth.phantom import Patient
+from ctcovid.synth.scan import (  # noqa: F401  (re-exported: the scan-level API lives there)
     _DIRECTION,
     _LUNG_MID_Z_MM,
     _MANIFEST_FORMAT,
@@ -52,7 +53,6 @@ from ctcovid.data.synth_scan import (  # noqa: F401  (re-exported: the scan-leve
     synth_case,
     synth_scan,
 )
-from ctcovid.errors import ConfigError
 from ctcovid.types import DIAGNOSIS_LABELS, Diagnosis, Volume, severity_from_score
 
 logger = logging.getLogger(__name__)

@@ -32,8 +32,8 @@ from enum import IntEnum
 
 import numpy as np
 
-from ctcovid.data.patient import Patient, Placement
-from ctcovid.data.procedural import Grid, Lattice, Tubes, rasterize_tubes, space_filling_tree
+from ctcovid.synth.patient import Patient, Placement
+from ctcovid.synth.procedural import Grid, Lattice, Tubes, rasterize_tubes, space_filling_tree
 
 
 class Tissue(IntEnum):

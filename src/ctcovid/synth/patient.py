@@ -1,4 +1,4 @@
-"""Who the synthetic patient is and where they lie in the scanner (see :mod:`ctcovid.data.phantom`)."""
+"""Who the synthetic patient is and where they lie in the scanner (see :mod:`ctcovid.synth.phantom`)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""One synthetic chest CT scan in HU, with its lesion mask (see :mod:`ctcovid.data.synthetic`).
+"""One synthetic chest CT scan in HU, with its lesion mask (see :mod:`ctcovid.synth.cohort`).
 
-:func:`synth_case` renders the millimetre-defined phantom of :mod:`ctcovid.data.phantom` (anatomy)
-and :mod:`ctcovid.data.lesions` (disease) on a voxel grid and adds scanner noise; :func:`synth_scan`
+:func:`synth_case` renders the millimetre-defined phantom of :mod:`ctcovid.synth.phantom` (anatomy)
+and :mod:`ctcovid.synth.lesions` (disease) on a voxel grid and adds scanner noise; :func:`synth_scan`
 is its short form returning ``(Volume, lesion_mask)``.
 """
 
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ctcovid.data.lesions import SEVERITY_INVOLVEMENT, paint_covid, paint_pneumonia
-from ctcovid.data.phantom import Patient, Placement, render_anatomy
 from ctcovid.errors import ConfigError
+from ctcovid.synth.lesions import SEVERITY_INVOLVEMENT, paint_covid, paint_pneumonia
+from ctcovid.synth.phantom import Patient, Placement, render_anatomy
 from ctcovid.types import DIAGNOSIS_LABELS, Diagnosis, ScanFormat, ScanSource, Volume
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class SynthCase:
 
     volume: Volume
     lesion_mask: np.ndarray  # bool, volume grid
-    tissue: np.ndarray  # uint8 :class:`~ctcovid.data.phantom.Tissue` codes, volume grid
+    tissue: np.ndarray  # uint8 :class:`~ctcovid.synth.phantom.Tissue` codes, volume grid
     label: str
     severity_score: int | None
     involvement: float  # fraction of lung voxels in the lesion mask
@@ -177,7 +177,7 @@ def synth_scan(
         label: ``"NCP"`` (COVID-19), ``"CP"`` (common pneumonia) or ``"Normal"``.
         rng: the only source of randomness; the same generator state gives the same scan.
         severity_score: CNCB score 1..6 for ``"NCP"`` (lung involvement grows with it, see
-            :mod:`ctcovid.data.lesions`); None draws one, mild scores being more common.
+            :mod:`ctcovid.synth.lesions`); None draws one, mild scores being more common.
         shape: ``(slices, rows, columns)``; None draws 20-40 slices of 64 x 64.
         spacing_mm: ``(z, y, x)`` voxel size; None spreads a drawn field of view (body width plus
             margin, 340-440 mm) and z coverage (lungs plus 30-80 mm) over ``shape``.

@@ -7,9 +7,9 @@ import itertools
 import numpy as np
 import pytest
 
-from ctcovid.data.lesions import SEVERITY_INVOLVEMENT, paint_covid
-from ctcovid.data.phantom import Patient, Placement, Tissue, render_anatomy
-from ctcovid.data.synthetic import SynthCase, synth_case
+from ctcovid.synth.cohort import SynthCase, synth_case
+from ctcovid.synth.lesions import SEVERITY_INVOLVEMENT, paint_covid
+from ctcovid.synth.phantom import Patient, Placement, Tissue, render_anatomy
 
 LUNGS = (Tissue.LUNG_RIGHT, Tissue.LUNG_LEFT)
 

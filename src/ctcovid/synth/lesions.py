@@ -1,4 +1,4 @@
-"""Disease patterns painted on a rendered phantom (:mod:`ctcovid.data.phantom`).
+"""Disease patterns painted on a rendered phantom (:mod:`ctcovid.synth.phantom`).
 
 * COVID-19 (``NCP``): bilateral, peripheral (subpleural), multifocal ground-glass opacities
   (-620..-300 HU at their core, fading to the parenchyma at the edge), predominantly posterior and
@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ctcovid.data.phantom import Anatomy, Tissue, lung_periphery, sample_lung_points
-from ctcovid.data.procedural import Lattice
+from ctcovid.synth.phantom import Anatomy, Tissue, lung_periphery, sample_lung_points
+from ctcovid.synth.procedural import Lattice
 
 SEVERITY_INVOLVEMENT: dict[int, tuple[float, float]] = {
     1: (0.02, 0.05), 2: (0.05, 0.12), 3: (0.12, 0.22), 4: (0.22, 0.35), 5: (0.35, 0.50), 6: (0.50, 0.70),

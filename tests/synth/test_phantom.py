@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ctcovid.data.phantom import Patient, Placement, Tissue, render_anatomy
-from ctcovid.data.procedural import Grid, Lattice, rasterize_tubes, space_filling_tree
-from ctcovid.data.synthetic import SynthCase, synth_case
+from ctcovid.synth.cohort import SynthCase, synth_case
+from ctcovid.synth.phantom import Patient, Placement, Tissue, render_anatomy
+from ctcovid.synth.procedural import Grid, Lattice, rasterize_tubes, space_filling_tree
 
 
 @pytest.fixture(scope="module")
