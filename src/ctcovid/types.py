@@ -85,6 +85,9 @@ class ScanSource:
     other_series: list[str] = field(default_factory=list)  # "uid: n files, description" of unchosen series
     skipped_files: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     warnings: list[str] = field(default_factory=list)
+    # DICOM only: the file of each axis-0 slice, in the volume's slice order (what results written
+    # back as DICOM reference; empty for other formats).
+    slice_files: list[str] = field(default_factory=list)
 
 
 # Columns: LPS unit vectors of array axes (z, y, x) in the canonical axial orientation above.

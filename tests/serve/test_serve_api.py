@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import base64
+import io
 import re
+import shutil
 import subprocess
 import sys
 import warnings
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -177,3 +180,99 @@ def test_serve_loads_neither_train_nor_fastapi_until_asked(ckpt: Path) -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------- DICOM results
+def _zip_headers(data: bytes) -> dict[str, object]:
+    """SOPInstanceUID -> header of every DICOM file in a zip upload."""
+    import pydicom
+
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        hs = [pydicom.dcmread(io.BytesIO(zf.read(n)), stop_before_pixels=True) for n in zf.namelist()]
+    return {h.SOPInstanceUID: h for h in hs}
+
+
+def _dciodvfy_errors(data: bytes, tmp_path: Path) -> list[str]:
+    exe = shutil.which("dciodvfy")
+    if exe is None:
+        pytest.skip("dciodvfy is not installed (Debian package dicom3tools)")
+    f = tmp_path / "check.dcm"
+    f.write_bytes(data)
+    run = subprocess.run([exe, str(f)], capture_output=True, text=True, timeout=60)
+    return [x for x in (run.stdout + run.stderr).splitlines() if x.startswith("Error")]
+
+
+def test_predict_dicom_sr_returns_the_report_in_the_upload_s_study(client, uploads, tmp_path) -> None:
+    pytest.importorskip("highdicom", reason="needs the dicom extra: pip install 'ctcovid[dicom]'")
+    import pydicom
+
+    r = _post(client, uploads["zip"], "/v1/predict?format=dicom-sr")
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/dicom"
+    sr = pydicom.dcmread(io.BytesIO(r.content))
+    inputs = _zip_headers(uploads["zip"])
+    first = next(iter(inputs.values()))
+    assert sr.Modality == "SR" and sr.StudyInstanceUID == first.StudyInstanceUID
+    assert (sr.PatientID, sr.PatientName) == (first.PatientID, first.PatientName)
+    assert sr.SeriesInstanceUID != first.SeriesInstanceUID and sr.SOPInstanceUID not in inputs
+    (study,) = sr.CurrentRequestedProcedureEvidenceSequence
+    (series,) = study.ReferencedSeriesSequence
+    assert series.SeriesInstanceUID == first.SeriesInstanceUID
+    assert sorted(x.ReferencedSOPInstanceUID for x in series.ReferencedSOPSequence) == sorted(inputs)
+
+    def walk(ds):
+        for item in ds.get("ContentSequence", []):
+            yield item
+            yield from walk(item)
+
+    probs = {
+        i.ConceptNameCodeSequence[0].CodeMeaning.removeprefix("Probability of "): float(
+            i.MeasuredValueSequence[0].FloatingPointValue
+        )
+        for i in walk(sr)
+        if i.ValueType == "NUM"
+    }
+    as_json = _post(client, uploads["zip"]).json()
+    assert probs == as_json["probs"] and r.headers["x-ctcovid-label"] == as_json["label"]
+    assert any(i.ValueType == "TEXT" and "research software" in i.TextValue for i in walk(sr))
+    assert _dciodvfy_errors(r.content, tmp_path) == []
+
+
+def test_dicom_results_of_a_nifti_upload_are_refused_with_the_reason(client, uploads) -> None:
+    for route in ("/v1/predict?format=dicom-sr", "/v1/explain?format=dicom&method=gradxinput"):
+        r = _post(client, uploads["nifti"], route)
+        assert r.status_code == 422, r.text
+        detail = r.json()["detail"]
+        assert "not a DICOM series" in detail and "no study or patient" in detail
+        assert "/srv" not in detail  # no server path in the answer
+    assert _post(client, uploads["zip"], "/v1/predict?format=dicom").status_code == 422  # unknown format
+
+
+def test_explain_dicom_returns_a_zip_of_the_heatmap_series_lined_up_with_the_upload(
+    client, uploads, tmp_path
+) -> None:
+    pytest.importorskip("highdicom", reason="needs the dicom extra: pip install 'ctcovid[dicom]'")
+    import pydicom
+
+    r = _post(client, uploads["zip"], "/v1/explain?format=dicom&method=gradxinput")
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/zip"
+    inputs = _zip_headers(uploads["zip"])
+    with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
+        names = sorted(zf.namelist())
+        files = {n: zf.read(n) for n in names}
+    heat = [n for n in names if n.startswith("upload_heatmap/")]
+    assert len(heat) == len(inputs) and "upload_sr.dcm" in names and len(names) == len(inputs) + 1
+    series_uids = set()
+    for n in heat:
+        o = pydicom.dcmread(io.BytesIO(files[n]))
+        h = inputs[o.SourceImageSequence[0].ReferencedSOPInstanceUID]
+        assert o.ImagePositionPatient == h.ImagePositionPatient
+        assert o.ImageOrientationPatient == h.ImageOrientationPatient and o.PixelSpacing == h.PixelSpacing
+        assert o.FrameOfReferenceUID == h.FrameOfReferenceUID and o.StudyInstanceUID == h.StudyInstanceUID
+        assert o.pixel_array.shape == (h.Rows, h.Columns, 3)
+        series_uids.add(o.SeriesInstanceUID)
+    (uid,) = series_uids
+    sr = pydicom.dcmread(io.BytesIO(files["upload_sr.dcm"]))
+    assert any(getattr(i, "TextValue", None) == uid for i in sr.ContentSequence)  # the SR names the series
+    assert _dciodvfy_errors(files[heat[0]], tmp_path) == []

@@ -30,14 +30,28 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", metavar="OUT", help="write every prediction (with chunk detail) to OUT")
     out.add_argument("--csv", metavar="OUT", help="write one row per scan to OUT")
+    p.add_argument(
+        "--dicom-out",
+        metavar="DIR",
+        help="also write a DICOM Structured Report per DICOM scan into DIR, in the scan's study "
+        "(needs ctcovid[dicom]; non-DICOM inputs are refused: they have no study to join)",
+    )
 
 
 def _run_predict(args: argparse.Namespace) -> int:
     from ctcovid.predict import Predictor
 
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, batch_size=args.batch_size)
+    dicom: dict[int, tuple[list[Path], str | None]] = {}
     with progress(len(args.paths), "predict") as tick:
-        preds = predictor.predict_paths(args.paths, progress=tick)
+        if args.dicom_out:
+            from ctcovid.predict.dicom_out import predict_to_dicom
+
+            results = predict_to_dicom(predictor, args.paths, args.dicom_out, progress=tick)
+            preds = [r.prediction for r in results]
+            dicom = {i: (r.files, r.error) for i, r in enumerate(results)}
+        else:
+            preds = predictor.predict_paths(args.paths, progress=tick)
     labels = predictor.labels
     width = max([len(p.scan_id) for p in preds] + [7])
     print(f"{'scan_id':<{width}}  {'label':<8} " + " ".join(f"{lab:>8}" for lab in labels))
@@ -55,10 +69,17 @@ def _run_predict(args: argparse.Namespace) -> int:
     elif args.csv:
         _write_csv(Path(args.csv), preds, labels)
         print(f"predictions written to {args.csv}")
+    refused = 0
+    for i, (files, why) in dicom.items():
+        for f in files:
+            print(f"{preds[i].scan_id}: DICOM SR {f}")
+        if why:
+            refused += 1
+            print(f"{preds[i].scan_id}: no DICOM written: {why}", file=sys.stderr)
     failed = sum(1 for p in preds if not p.ok)
     if failed:
         print(f"{failed} of {len(preds)} scan(s) failed (see the error column)", file=sys.stderr)
-    return 1 if failed else 0
+    return 1 if failed or refused else 0
 
 
 def _write_csv(path: Path, preds: list[Any], labels: list[str]) -> None:
@@ -97,8 +118,20 @@ EXPLAIN_METHODS = ["ig", "gradxinput", "gradcam", "gradcam++"]
 def _add_explain(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", metavar="PATH", help="one scan, or a folder of scans (as for predict)")
     _add_model_args(p)
+    p.add_argument("--out", metavar="DIR", help="folder for heatmaps (NIfTI), montages (PNG), JSON")
     p.add_argument(
-        "--out", required=True, metavar="DIR", help="folder for heatmaps (NIfTI), montages (PNG), JSON"
+        "--dicom-out",
+        metavar="DIR",
+        help="write the heatmap as a DICOM series lined up with the input slices (colour-fused "
+        "Secondary Capture, one image per slice) and the DICOM SR of the prediction into DIR "
+        "(DICOM inputs only; needs ctcovid[dicom])",
+    )
+    p.add_argument(
+        "--dicom-syntax",
+        choices=["explicit_le", "jpeg2000"],
+        default="explicit_le",
+        help="transfer syntax of the heatmap series: uncompressed (default, every viewer reads it) "
+        "or JPEG 2000 lossless (about 6x smaller)",
     )
     p.add_argument(
         "--method",
@@ -135,14 +168,21 @@ def _add_explain(p: argparse.ArgumentParser) -> None:
 
 def _run_explain(args: argparse.Namespace) -> int:
     from ctcovid.predict import Predictor, explain, find_scans, open_scan
+    from ctcovid.predict.dicom_out import NotDicomError
     from ctcovid.predict.explain import safe_stem
     from ctcovid.predict.predictor import describe_error
 
+    if not args.out and not args.dicom_out:
+        from ctcovid.errors import CtcovidError
+
+        raise CtcovidError("explain needs somewhere to write: give --out DIR, --dicom-out DIR, or both")
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, batch_size=args.batch_size)
     scans = find_scans(args.path)
     failed = 0
     with progress(len(scans), "explain") as tick:
         for k, (scan_id, path) in enumerate(scans):
+            refused: str | None = None
+            files: dict[str, Path] = {}
             try:
                 with open_scan(path) as volume:
                     e = explain(
@@ -155,7 +195,15 @@ def _run_explain(args: argparse.Namespace) -> int:
                         restrict=args.restrict,
                         baseline=args.baseline,
                     )
-                files = e.save(args.out, safe_stem(scan_id), n_slices=args.slices)
+                    # Inside the with block: the DICOM writer reads the input's headers (a zip's
+                    # files exist only here).
+                    if args.dicom_out:
+                        try:
+                            files = _write_explain_dicom(e, predictor, args)
+                        except NotDicomError as err:  # the NIfTI/PNG outputs are still wanted
+                            refused = str(err)
+                if args.out:
+                    files.update(e.save(args.out, safe_stem(scan_id), n_slices=args.slices))
             except Exception as err:  # report and go on with the other scans
                 failed += 1
                 print(f"{scan_id}: ERROR {describe_error(err)}", file=sys.stderr)
@@ -170,7 +218,17 @@ def _run_explain(args: argparse.Namespace) -> int:
             )
             for kind, f in files.items():
                 print(f"  {kind}: {f}")
+            if refused:
+                failed += 1
+                print(f"{scan_id}: no DICOM written: {refused}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _write_explain_dicom(e: Any, predictor: Any, args: argparse.Namespace) -> dict[str, Path]:
+    from ctcovid.predict.dicom_out import write_explanation
+
+    series, sr = write_explanation(e, predictor, args.dicom_out, transfer_syntax=args.dicom_syntax)
+    return {"dicom_heatmap": series[0].parent, "dicom_sr": sr}
 
 
 # --------------------------------------------------------------------------- export

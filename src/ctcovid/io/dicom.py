@@ -360,6 +360,7 @@ def _assemble(
         other_series=other,
         skipped_files=skipped,
         warnings=warns,
+        slice_files=[str(h.path) for h in chosen],
     )
     for w in warns:
         logger.info("%s: %s", path, w)
