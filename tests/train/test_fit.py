@@ -226,3 +226,19 @@ def test_channels_last_is_refused_for_the_known_bf16_crash_case(tiny_run: tuple[
     assert _channels_last(crash, cpu, None) is True  # fp32 is fine
     safe = load_run_config(cfg_path, ["train.channels_last=true"])
     assert _channels_last(safe, cpu, torch.bfloat16) is True
+
+
+def test_cosine_schedule_falls_from_lr_to_zero_along_a_half_cosine(
+    tiny_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import math
+
+    cfg_path, _ = tiny_run
+    cfg = load_run_config(
+        cfg_path, ["train.scheduler=cosine", "train.epochs=4", "train.lr=0.002", "train.precise_bn_batches=0"]
+    )
+    fit(cfg, tmp_path / "cos")
+    lrs = [h["lr"] for h in _history(tmp_path / "cos")]
+    want = [0.001 * (1 + math.cos(math.pi * e / 4)) for e in range(4)]  # lr/2 * (1 + cos(pi e / T))
+    assert lrs == pytest.approx(want, rel=1e-6)
+    assert load_checkpoint(tmp_path / "cos" / "checkpoint_last.pt")["scheduler"]["T_max"] == 4  # resumable

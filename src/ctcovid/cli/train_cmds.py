@@ -120,6 +120,7 @@ def _run_demo(args: argparse.Namespace) -> int:
             ),
             progress=tick,
         )
+    phases = {"generate": time.perf_counter() - t0}
     print("[2/5] importing the cohort as a user would import CC-CCII")
     result = import_cohort("cc-ccii", str(data_dir), min_slices=8)
     manifest = write_manifest(result.rows, data_dir / "manifest.csv")
@@ -138,6 +139,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         if cfg.preprocess.depth_mode == "stack"
         else f"volumes of {cfg.preprocess.depth} slices"
     )
+    phases["import + split"] = time.perf_counter() - t0 - sum(phases.values())
     print(f"[4/5] training {cfg.model.name} for {cfg.train.epochs} epochs on {inputs} -> {run_dir}")
     fit(
         cfg,
@@ -146,6 +148,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         batch_progress=batch_progress(cfg.train.epochs),
         cache_progress=cache_progress(),
     )
+    phases["preprocess + train"] = time.perf_counter() - t0 - sum(phases.values())
     print("[5/5] evaluating the best checkpoint on the held-out test patients")
     report = evaluate_checkpoint(run_dir / "checkpoint_best.pt", manifest, split="test")
     written = write_report(report, run_dir / "eval_test", run_dir=run_dir)
@@ -159,7 +162,12 @@ def _run_demo(args: argparse.Namespace) -> int:
     for lab, row in zip(labels, scan["confusion"]):
         print(f"      {lab:<7} {row}")
     print(f"      report: {written['report_html']}")
-    print(f"demo finished in {time.perf_counter() - t0:.0f} s; run folder {run_dir}")
+    phases["evaluate"] = time.perf_counter() - t0 - sum(phases.values())
+    print(
+        f"demo finished in {time.perf_counter() - t0:.0f} s ("
+        + ", ".join(f"{k} {v:.0f} s" for k, v in phases.items())
+        + f"); run folder {run_dir}"
+    )
     return 0
 
 

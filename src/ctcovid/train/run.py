@@ -221,7 +221,11 @@ def fit(
     )
     loss_fn = nn.CrossEntropyLoss(weight=weight)
     optimizer = _optimizer(cfg, model, fused=plan.fused_optimizer)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=t.step_size, gamma=t.gamma)
+    scheduler: torch.optim.lr_scheduler.LRScheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs)
+        if t.scheduler == "cosine"
+        else torch.optim.lr_scheduler.StepLR(optimizer, step_size=t.step_size, gamma=t.gamma)
+    )
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     opts = StepOptions(device, dtype, channels_last, t.grad_accum, t.clip_grad_norm, scaler)
 
