@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from _machine import commit, cpu_name
+from _timing import best_of
 
 REPO = Path(__file__).resolve().parents[1]
 DIAG_SLICES, DIAG_PATIENTS = 137_256, 691  # Li, Pei & Guo, CC-CCII subset
@@ -67,15 +68,6 @@ for _ in range(steps):
 print(json.dumps({"step_s": min(times), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "plan": "; ".join(plan.notes) or "fp32"}))
 """
-
-
-def best(fn: Any, repeats: int = 2) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def write_cohorts(out: Path, args: argparse.Namespace) -> dict[str, Path]:
@@ -114,7 +106,9 @@ def preprocess(manifest: Path, config: str) -> dict[str, float]:
         build_s += time.perf_counter() - t0
         nbytes += cache.paths(row)[0].stat().st_size
         slices += row.n_slices
-        decode_s += best(lambda row=row: plain_decode(row.resolve(manifest.parent)), 1)
+        decode_s += best_of(
+            lambda row=row: plain_decode(row.resolve(manifest.parent)), 1
+        )  # page cache warm, as for the build
         shutil.rmtree(cache.dir.parent)
     return {"build_s": build_s / len(rows), "decode_s": decode_s / len(rows), "slices": slices / len(rows),
             "bytes": nbytes / len(rows)}  # fmt: skip

@@ -1,4 +1,4 @@
-"""Fuzz: mutated DICOM, PNG and NIfTI bytes either load or raise ScanReadError, nothing else."""
+"""Fuzz: mutated DICOM, PNG, NIfTI, MetaImage and NRRD bytes either load or raise ScanReadError, nothing else."""
 
 from __future__ import annotations
 
@@ -36,6 +36,13 @@ def _bytes_of(write: Callable[[Path], Path]) -> bytes:
 _DICOM = _bytes_of(lambda d: write_dicom_series(_tiny_volume(), d)[0])
 _PNG = _bytes_of(lambda d: write_slices(_tiny_volume(), d)[0])
 _NIFTI = _bytes_of(lambda d: write_nifti(_tiny_volume(), d / "v.nii"))
+
+
+def _itk_bytes(name: str) -> bytes:
+    sitk = pytest.importorskip("SimpleITK")
+    image = sitk.GetImageFromArray(_tiny_volume().voxels)
+    image.SetSpacing((0.5, 0.5, 2.0))
+    return _bytes_of(lambda d: (sitk.WriteImage(image, str(d / name)), d / name)[1])
 
 
 @st.composite
@@ -90,3 +97,17 @@ def test_header_only_truncation_raises_scan_read_error(tmp_path, original):
     path.write_bytes(original[:200])
     with pytest.raises(ScanReadError):
         load_volume(path if original is _NIFTI else tmp_path)
+
+
+@pytest.mark.parametrize("name", ["v.mha", "v.nrrd"])
+def test_mutated_metaimage_and_nrrd_only_raise_scan_read_error(tmp_path, name):
+    original = _itk_bytes(name)
+
+    @_SETTINGS
+    @given(data=_mutated(original))
+    def check(data: bytes) -> None:
+        path = tmp_path / name
+        path.write_bytes(data)
+        _assert_loads_or_scan_read_error(path)
+
+    check()
