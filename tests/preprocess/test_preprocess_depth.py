@@ -29,7 +29,7 @@ def _real_looking(phantom_factory, d: int) -> np.ndarray:
 def test_cubic_uniformization_matches_scipy_zoom_order_3_within_1_hu(phantom_factory, d: int) -> None:
     vol = _real_looking(phantom_factory, d)
     ours = uniformize_depth(vol, 40, order=3)
-    ref = ndi.zoom(vol, (40 / d, 1, 1), order=3)
+    ref = ndi.zoom(vol, (40 / d, 1, 1), order=3, mode="mirror")
     assert ours.shape == ref.shape == (40, 48, 40)
     assert ours.dtype == np.float32
     assert np.abs(ours - ref).max() < 1.0
@@ -39,7 +39,7 @@ def test_cubic_uniformization_matches_scipy_zoom_order_3_within_1_hu(phantom_fac
 def test_linear_and_nearest_uniformization_match_scipy(phantom_factory, order: int) -> None:
     vol = _real_looking(phantom_factory, 57)
     ours = uniformize_depth(vol, 40, order=order)
-    ref = ndi.zoom(vol, (40 / 57, 1, 1), order=order)
+    ref = ndi.zoom(vol, (40 / 57, 1, 1), order=order, mode="mirror")
     assert ours.shape == (40, 48, 40)
     np.testing.assert_allclose(ours, ref, atol=1e-2)
 
@@ -174,6 +174,20 @@ def test_uniformization_matches_scipy_on_a_real_chest_ct(shared_data: Path) -> N
         pytest.skip(f"{folder} is absent")
     vox = load_volume(folder).voxels[:, ::8, ::8]  # every 8th row/column keeps scipy fast
     ours = uniformize_depth(vox, 40)
-    ref = ndi.zoom(vox, (40 / vox.shape[0], 1, 1), order=3)
+    ref = ndi.zoom(vox, (40 / vox.shape[0], 1, 1), order=3, mode="mirror")
     assert ours.shape == (40, 64, 64)
     assert np.abs(ours - ref).max() < 1.0
+
+
+@pytest.mark.parametrize("order", [0, 1, 3])
+@pytest.mark.parametrize("depth", [16, 24, 40, 64])
+def test_uniformization_keeps_the_last_slice_for_every_scan_length(order: int, depth: int) -> None:
+    """Regression: with scipy's default mode="constant" the last output slice was 0 (water) for
+    some lengths (51 -> 40 slices, 48 -> 24) and 32 -> 16 raised IndexError."""
+    for d in range(2, 300):
+        m = zoom_matrix(d, depth, order)
+        np.testing.assert_allclose(m.sum(axis=1), 1.0, atol=1e-5, err_msg=f"{d} -> {depth}")
+        assert m[-1, -1] == pytest.approx(1.0, abs=1e-5) and m[0, 0] == pytest.approx(1.0, abs=1e-5)
+    vol = np.random.default_rng(0).normal(-600, 300, (51, 4, 4)).astype(np.float32)
+    out = uniformize_depth(vol, 40, order)
+    np.testing.assert_allclose(out[-1], vol[-1], atol=1e-2)  # the apex slice is the apex, not water

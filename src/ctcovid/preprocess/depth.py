@@ -1,16 +1,21 @@
 """Depth handling: uniformize every scan to a fixed number of slices, or cut it into chunks.
 
 Uniformization (COVID-Net CT-S, Tuinstra et al. 2021, after Zunair et al. 2020) resamples a scan
-of ``D`` slices to ``depth`` slices (default 40) by spline interpolation along z only. The result
-is exactly ``scipy.ndimage.zoom(vol, (depth / D, 1, 1), order=order)`` with scipy's defaults
-(``grid_mode=False``: the first and last slices map onto the first and last output slices;
-``mode="constant"``, which for spline orders uses a mirror boundary in the prefilter and never
-samples beyond the ends here, so no pull towards ``cval``). Because the operation acts on z
-alone it is a linear map ``R^D -> R^depth``: we obtain its ``(depth, D)`` matrix once per
-``(D, depth, order)`` by letting scipy zoom the identity (prefilter included), then apply it to
-all ``H * W`` columns with float32 matrix products (one per block of output slices, reading only
-the input slices whose weights are not negligible). Same numbers as scipy (to float32
-rounding), without the 3D prefilter and per-voxel spline evaluation.
+of ``D`` slices to ``depth`` slices (default 40) by spline interpolation along z only: the result
+is ``scipy.ndimage.zoom(vol, (depth / D, 1, 1), order=order, mode="mirror")`` (``grid_mode=False``:
+the first and last slices map onto the first and last output slices). Inside the scan that is
+exactly scipy's default ``mode="constant"`` (its spline prefilter mirrors too); at the last slice
+the default is wrong for some lengths: the last output position, ``(depth - 1) * (D - 1) /
+(depth - 1)``, rounds to a hair above ``D - 1``, counts as outside the scan and gets ``cval`` = 0.
+With ``order=3`` to 40 slices that zeroes the last slice of scans of 26, 51, 56, 101, 106, ...
+slices (29 lengths below 600; 36 for 24 slices; 16 slices failed outright): a slice of water
+(0 HU) at the lung apex. ``mirror`` folds the hair back inside.
+
+Because the operation acts on z alone it is a linear map ``R^D -> R^depth``: we obtain its
+``(depth, D)`` matrix once per ``(D, depth, order)`` by letting scipy zoom the identity (prefilter
+included), then apply it to all ``H * W`` columns with float32 matrix products (one per block of
+output slices, reading only the input slices whose weights are not negligible). Same numbers as
+scipy (to float32 rounding), without the 3D prefilter and per-voxel spline evaluation.
 
 Stacking (CC-CCII 3D ResNet, depth-n study) cuts a scan into consecutive sub-volumes of ``n``
 slices. See :func:`chunk_ranges` for the policies at the end of a scan and for short scans.
@@ -51,7 +56,7 @@ def _zoom_operator(
     # Column j of the operator is the response to a unit impulse at slice j. Zooming the
     # identity with factor 1 on its second axis leaves that axis untouched (grid_mode=False maps
     # integer positions onto themselves and a spline reproduces its samples there).
-    matrix = ndi.zoom(eye, (d_out / d_in, 1.0), order=order, mode="constant", grid_mode=False)
+    matrix = ndi.zoom(eye, (d_out / d_in, 1.0), order=order, mode="mirror", grid_mode=False)
     assert matrix.shape == (d_out, d_in), matrix.shape
     # The cubic operator is dense (the prefilter is an IIR filter) but numerically banded: a
     # block of output rows needs only the input slices within ~14 slices of its positions.
@@ -83,7 +88,7 @@ def uniformize_depth(array: np.ndarray, depth: int = 40, order: int = 3) -> np.n
     """Resample axis 0 of a ``(D, H, W)`` array to ``depth`` slices; float32 out.
 
     ``order`` is the spline order: 3 (cubic B-spline, the paper's choice), 1 (linear) or 0
-    (nearest). Equals ``scipy.ndimage.zoom(array, (depth / D, 1, 1), order=order)``. The array
+    (nearest). Equals ``scipy.ndimage.zoom(array, (depth / D, 1, 1), order=order, mode="mirror")``. The array
     may be a view cropped along axis 1 (rows); cropping columns forces a copy, so crop columns
     after this call when speed matters.
     """
