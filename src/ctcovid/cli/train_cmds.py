@@ -85,6 +85,9 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=["dicom", "png"], default="dicom", help="how the cohort is written")
     p.add_argument(
+        "--size", type=int, default=64, help="in-plane pixels of the generated scans (default 64)"
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -116,7 +119,12 @@ def _run_demo(args: argparse.Namespace) -> int:
             # One scan per patient: the demo's few dozen training patients are then all different
             # people (with 1-3 scans each the net memorizes patients; `ctcovid synth` keeps 1-3).
             SynthConfig(
-                n=args.n, task="diagnosis", format=args.format, seed=args.seed, scans_per_patient=(1, 1)
+                n=args.n,
+                task="diagnosis",
+                format=args.format,
+                seed=args.seed,
+                scans_per_patient=(1, 1),
+                in_plane=(args.size, args.size),
             ),
             progress=tick,
         )
