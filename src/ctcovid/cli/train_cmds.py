@@ -84,9 +84,7 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=["dicom", "png"], default="dicom", help="how the cohort is written")
-    p.add_argument(
-        "--size", type=int, default=64, help="in-plane pixels of the generated scans (default 64)"
-    )
+    p.add_argument("--size", type=int, default=64, help="in-plane pixels of the generated scans (default 64)")
     p.add_argument(
         "--set",
         action="append",

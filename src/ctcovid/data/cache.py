@@ -201,6 +201,12 @@ class PreprocessCache:
         meta = self.meta(row)
         if meta is None:
             meta = build_entry(self, row)
+        return self.open(row, meta)
+
+    def open(self, row: ManifestRow, meta: dict[str, Any]) -> CachedScan:
+        """The entry of ``row`` whose :meth:`meta` the caller already checked: memory-mapped, no
+        re-validation (a dataset checks every entry once, not once per sample: the source
+        signature stats every file of a slice folder)."""
         planes = np.load(self.paths(row)[0], mmap_mode="r")
         encoding = Encoding.from_dict(meta["encoding"])
         if list(planes.shape) != meta["stored_shape"] or planes.dtype != np.dtype(encoding.dtype):
@@ -300,7 +306,7 @@ def build_entry(cache: PreprocessCache, row: ManifestRow) -> dict[str, Any]:
     _atomic_write_bytes(npy, lambda f: np.save(f, planes))
     meta = {
         "scan_id": row.scan_id,
-        "shape": list(result.array.shape),  # what load() decodes to: (C, D, H, W)
+        "shape": list(result.shape),  # what load() decodes to: (C, D, H, W)
         "stored_shape": list(planes.shape),
         "encoding": result.encoding.to_dict(),
         "source": signature,

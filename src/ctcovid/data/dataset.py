@@ -115,10 +115,12 @@ class CachedDataset(Dataset[tuple[torch.Tensor, int, dict[str, Any]]]):
         cfg = cache.cfg
         self.items: list[tuple[int, int, int, int]] = []  # (row, chunk index, start, stop)
         self.excluded: list[tuple[str, str, str, str]] = []
+        self.metas: list[dict[str, Any]] = []  # checked once here; samples open entries without re-checking
         for i, row in enumerate(self.rows):
             meta = cache.meta(row)
             if meta is None:
                 raise ManifestError(f"scan {row.scan_id!r} is not in the cache {cache.dir}; build it first")
+            self.metas.append(meta)
             depth = meta["shape"][1]
             if cfg.depth_mode == "stack":
                 ranges = chunk_ranges(
@@ -146,7 +148,7 @@ class CachedDataset(Dataset[tuple[torch.Tensor, int, dict[str, Any]]]):
         index, position = key if isinstance(key, tuple) else (key, key)
         r, k, start, stop = self.items[index]
         row = self.rows[r]
-        array = self.cache.load(row).read(start, stop)  # decodes only these slices; a fresh array
+        array = self.cache.open(row, self.metas[r]).read(start, stop)  # only these slices; a fresh array
         if self.chunk_depth is not None and stop - start < self.chunk_depth:
             pad = np.repeat(array[:, -1:], self.chunk_depth - (stop - start), axis=1)  # edge replication
             array = np.concatenate([array, pad], axis=1)

@@ -170,9 +170,14 @@ def encoding_for(
                 f"{list(windows_hu)} cannot be applied; use a single-window config for slice images"
             )
         return Encoding("uint8", DISPLAY_STEPS, (0,) * channels)
-    distinct = list(dict.fromkeys(windows))
+    distinct = _distinct(windows)
     per_channel = windows * channels if len(windows) == 1 else windows
     return Encoding("uint16", HU_STEPS, tuple(distinct.index(w) for w in per_channel))
+
+
+def _distinct(windows_hu: Sequence[Sequence[float]]) -> list[tuple[float, ...]]:
+    """The windows once each, in first-seen order: plane ``i`` of the stored form is window ``i``."""
+    return list(dict.fromkeys(tuple(map(float, w)) for w in windows_hu))
 
 
 def encode_channels(
@@ -189,13 +194,7 @@ def encode_channels(
         np.rint(scaled, out=scaled)
         planes[0] = scaled
         return planes, enc
-    windows = list(windows_hu)
-    per_channel = windows * len(enc.channels) if len(windows) == 1 else windows
-    seen: set[int] = set()
-    for (level, width), p in zip(per_channel, enc.channels):
-        if p in seen:
-            continue
-        seen.add(p)
+    for p, (level, width) in enumerate(_distinct(windows_hu)):
         unit = apply_window(voxels, level, width)
         unit *= np.float32(HU_STEPS)
         np.rint(unit, out=unit)

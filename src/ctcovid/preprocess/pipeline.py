@@ -26,6 +26,7 @@ one sample. Augmentation (training only) is separate: ``build_augment(cfg.augmen
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -182,13 +183,14 @@ def _check_choice(name: str, value: object, options: tuple[Any, ...]) -> None:
 class Preprocessed:
     """A preprocessed scan and where it came from.
 
-    ``array`` is float32 ``(C, D, H, W)``, ``encoding.decode(planes)``: ``planes`` is its compact
-    stored form (see :class:`~ctcovid.preprocess.intensity.Encoding`). ``box`` is the crop in the
-    input's voxel indices (it may reach outside the image where it was padded). ``spacing_mm`` (z, y, x) and ``origin_mm``
-    (LPS, centre of output voxel 0) give the output's geometry, for overlays such as Grad-CAM.
+    ``planes`` is the compact stored form (see :class:`~ctcovid.preprocess.intensity.Encoding`);
+    :attr:`array`, the float32 ``(C, D, H, W)`` model input, is decoded from it on first use (the
+    cache stores ``planes`` and never needs it). ``box`` is the crop in the input's voxel indices
+    (it may reach outside the image where it was padded). ``spacing_mm`` (z, y, x) and
+    ``origin_mm`` (LPS, centre of output voxel 0) give the output's geometry, for overlays such as
+    Grad-CAM.
     """
 
-    array: np.ndarray
     planes: np.ndarray
     encoding: Encoding
     box: CropBox
@@ -196,6 +198,16 @@ class Preprocessed:
     origin_mm: tuple[float, float, float]
     body_found: bool
     warnings: tuple[str, ...] = ()
+
+    @functools.cached_property
+    def array(self) -> np.ndarray:
+        return self.encoding.decode(self.planes)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """``(C, D, H, W)`` of :attr:`array`, without decoding it."""
+        d, h, w = self.planes.shape[1:]
+        return (len(self.encoding.channels), int(d), int(h), int(w))
 
 
 class Pipeline:
@@ -277,11 +289,9 @@ class Pipeline:
         del bad
         planes, encoding = encode_channels(out, units, cfg.windows_hu, cfg.in_channels)
         del out
-        array = encoding.decode(planes)
         spacing = (spacing_z, volume.spacing_mm[1] * box_h / size_h, volume.spacing_mm[2] * box_w / size_w)
         x_mm, y_mm, z_mm = (float(c) for c in volume.index_to_lps((z_pos[0], y_pos[0], x_pos[0])))
         return Preprocessed(
-            array=array,
             planes=planes,
             encoding=encoding,
             box=box,
