@@ -14,10 +14,7 @@ import json
 import logging
 import math
 import os
-import signal
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +36,7 @@ from ctcovid.preprocess.augment import build_augment
 from ctcovid.train import distributed as D
 from ctcovid.train import runlog, speed
 from ctcovid.train.config import RunConfig
+from ctcovid.train.interrupt import interrupt_flag, raise_if
 from ctcovid.train.loop import EpochStats, StepOptions, evaluate, recompute_bn_stats, train_one_epoch
 
 log = logging.getLogger(__name__)
@@ -113,17 +111,7 @@ def fit(
     run_log = runlog.RunLog(out / "train.log") if info.is_main else None
     if t.threads:
         torch.set_num_threads(t.threads)
-    if t.deterministic:
-        if device.type == "cuda":
-            # cuBLAS needs a fixed workspace to be deterministic (read at each call, so set it
-            # before the first matmul); max/avg-pool3d backward have no deterministic CUDA kernel,
-            # so torch warns for them instead of stopping the run: bitwise repeats are CPU-only.
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            log.info("deterministic on CUDA: pooling backward stays non-deterministic (no such kernel)")
-        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
-        torch.backends.cudnn.benchmark = False
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    speed.configure_determinism(t.deterministic, device)
     torch.manual_seed(t.seed)
 
     # ---- data
@@ -267,9 +255,9 @@ def fit(
     }
     epoch = start - 1
     try:
-        with _interrupt_flag() as interrupted:
+        with interrupt_flag() as interrupted:
             for epoch in range(start, t.epochs):
-                _raise_if(interrupted)
+                raise_if(interrupted)
                 sampler.set_epoch(epoch)
                 train_ds.set_epoch(epoch)
                 torch.manual_seed(t.seed * 100_003 + epoch)  # dropout etc.: a function of (seed, epoch) only
@@ -333,7 +321,7 @@ def fit(
                         link_checkpoint(last_path, best_path)
                     log.info("epoch %d/%d %s", epoch + 1, t.epochs, runlog.fmt(record))
                 D.barrier(info)
-                _raise_if(interrupted)
+                raise_if(interrupted)
     except KeyboardInterrupt:
         if info.is_main:
             # Mid-epoch weights are kept for inspection; --resume restarts from the last epoch boundary.
@@ -350,36 +338,6 @@ def fit(
         if run_log is not None:
             run_log.close()
     return FitResult(out, epoch + 1 - start, history, best)
-
-
-@contextmanager
-def _interrupt_flag() -> Iterator[threading.Event | None]:
-    """Remember a Ctrl-C (SIGINT) so that one that lands where Python swallows exceptions still stops.
-
-    The usual ``KeyboardInterrupt`` is raised as before; if it arrives inside a finalizer (``__del__``
-    of a loader iterator, say) Python only prints it, so the loop also checks the flag at epoch
-    boundaries. Main thread only (where signal handlers live); elsewhere yields None.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield None
-        return
-    flag = threading.Event()
-    previous = signal.getsignal(signal.SIGINT)
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        flag.set()
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, on_sigint)
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _raise_if(flag: threading.Event | None) -> None:
-    if flag is not None and flag.is_set():
-        raise KeyboardInterrupt
 
 
 def _optimizer(cfg: RunConfig, model: nn.Module, *, fused: bool = False) -> torch.optim.Optimizer:

@@ -36,6 +36,7 @@ compile r3d_18 and the compiled step was not faster (0.94x).
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -283,6 +284,24 @@ def bf16_conv_mismatches(
         if errors[key] > BF16_TOLERANCE:
             bad[name] = errors[key]
     return bad
+
+
+# --------------------------------------------------------------------------- determinism
+def configure_determinism(deterministic: bool, device: torch.device) -> None:
+    """``train.deterministic``: deterministic kernels (and no cudnn autotuning), else cudnn benchmark on CUDA.
+
+    On CUDA cuBLAS needs a fixed workspace (read at each call, so set before the first matmul), and
+    max/avg-pool3d backward have no deterministic kernel: torch warns for them instead of stopping
+    the run, so bitwise-equal reruns hold on CPU only (two H200 runs differed; bench/RESULTS.md).
+    """
+    if deterministic:
+        if device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            log.info("deterministic on CUDA: pooling backward stays non-deterministic (no such kernel)")
+        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
 
 
 # --------------------------------------------------------------------------- the plan
