@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,80 +26,14 @@ from torch import nn
 
 from ctcovid.checkpoint import load_checkpoint, rebuild_model
 from ctcovid.errors import CtcovidError
+from ctcovid.predict.batch import BatchRun
 from ctcovid.predict.inputs import ZipLimits, find_scans, open_scan, scan_id_of
+from ctcovid.predict.result import ChunkPrediction, Prediction, Progress, describe_error
 from ctcovid.preprocess.depth import Chunk
 from ctcovid.preprocess.pipeline import Pipeline, PreprocessConfig, Preprocessed, build_pipeline
 from ctcovid.types import Volume
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[int, int], None]
-
-
-@dataclass
-class ChunkPrediction:
-    """Probabilities of one chunk: slices ``start:stop`` of the preprocessed scan."""
-
-    index: int
-    start: int
-    stop: int
-    probs: dict[str, float]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "start": self.start, "stop": self.stop, "probs": self.probs}
-
-
-@dataclass
-class Prediction:
-    """The answer for one scan. ``error`` is set (and ``label`` None) when the scan failed."""
-
-    scan_id: str
-    label: str | None
-    probs: dict[str, float]
-    chunks: list[ChunkPrediction] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    task: str = "diagnosis"
-    path: str | None = None
-    error: str | None = None
-    timings_s: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    @property
-    def severity(self) -> str | None:
-        """The predicted severity group (low / medium / high) for a severity model, else None."""
-        return self.label if self.task == "severity" else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "scan_id": self.scan_id,
-            "path": self.path,
-            "task": self.task,
-            "label": self.label,
-            "severity": self.severity,
-            "probs": self.probs,
-            "n_chunks": len(self.chunks),
-            "chunks": [c.to_dict() for c in self.chunks],
-            "warnings": self.warnings,
-            "error": self.error,
-            "timings_s": self.timings_s,
-        }
-
-    @classmethod
-    def failure(
-        cls, scan_id: str, error: BaseException | str, *, task: str, path: str | Path | None
-    ) -> Prediction:
-        path = str(path) if path is not None else None
-        return cls(scan_id, None, {}, task=task, path=path, error=describe_error(error))
-
-
-def describe_error(error: BaseException | str) -> str:
-    """Our errors say it all; anything else gets its type name in front."""
-    if isinstance(error, str | CtcovidError):
-        return str(error)
-    return f"{type(error).__name__}: {error}"
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -123,15 +56,6 @@ def _same_shape_batches(arrays: Sequence[np.ndarray], size: int) -> Iterator[lis
         batch.append(a)
     if batch:
         yield batch
-
-
-@dataclass
-class _Loaded:
-    """A scan read and preprocessed, waiting for the network."""
-
-    warnings: list[str]  # the volume itself is dropped as soon as it is preprocessed
-    chunks: list[Chunk]
-    timings_s: dict[str, float]
 
 
 class Predictor:
@@ -309,100 +233,7 @@ class Predictor:
             except CtcovidError as e:
                 jobs.append((scan_id_of(Path(p)), Path(p), describe_error(e)))
         results: list[Prediction | None] = [None] * len(jobs)
-        run = _BatchRun(self, jobs, results, progress)
+        run = BatchRun(self, jobs, results, progress)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctcovid-read") as pool:
             run.go(pool)
         return [r for r in results if r is not None]
-
-    def _load(self, scan_id: str, path: Path) -> _Loaded:
-        t0 = time.perf_counter()
-        with open_scan(path) as volume:
-            t1 = time.perf_counter()
-            pre, chunks = self.prepare(volume, scan_id)
-        timings = {"read": t1 - t0, "preprocess": time.perf_counter() - t1}
-        return _Loaded([*volume.warnings, *pre.warnings], chunks, timings)
-
-
-class _BatchRun:
-    """The bookkeeping of :meth:`Predictor.predict_paths`: pending chunks, finished scans."""
-
-    def __init__(
-        self,
-        predictor: Predictor,
-        jobs: list[tuple[str, Path | None, str | None]],
-        results: list[Prediction | None],
-        progress: Progress | None,
-    ) -> None:
-        self.p, self.jobs, self.results, self.progress = predictor, jobs, results, progress
-        self.loaded: dict[int, _Loaded] = {}
-        self.probs: dict[int, list[np.ndarray | None]] = {}
-        self.pending: list[tuple[int, int]] = []  # (job index, chunk index)
-        self.done = 0
-
-    def go(self, pool: ThreadPoolExecutor) -> None:
-        todo = [i for i, (_, path, err) in enumerate(self.jobs) if err is None and path is not None]
-        for i, (sid, path, err) in enumerate(self.jobs):
-            if err is not None:
-                self._finish(i, Prediction.failure(sid, err, task=self.p.task, path=path))
-        future: Future[_Loaded] | None = self._submit(pool, todo, 0)
-        for k, i in enumerate(todo):
-            assert future is not None
-            current, future = future, self._submit(pool, todo, k + 1)  # read ahead while we compute
-            sid, path, _ = self.jobs[i]
-            try:
-                loaded = current.result()
-            except Exception as e:  # one bad scan must not stop the others; it is reported instead
-                log.debug("scan %s failed", sid, exc_info=True)
-                self._finish(i, Prediction.failure(sid, e, task=self.p.task, path=path))
-                continue
-            self.loaded[i] = loaded
-            self.probs[i] = [None] * len(loaded.chunks)
-            self.pending.extend((i, c) for c in range(len(loaded.chunks)))
-            self._flush(force=False)
-        self._flush(force=True)
-
-    def _submit(self, pool: ThreadPoolExecutor, todo: list[int], k: int) -> Future[_Loaded] | None:
-        if k >= len(todo):
-            return None
-        sid, path, _ = self.jobs[todo[k]]
-        assert path is not None
-        return pool.submit(self.p._load, sid, path)
-
-    def _flush(self, *, force: bool) -> None:
-        bs = self.p.batch_size
-        while len(self.pending) >= bs or (force and self.pending):
-            batch, self.pending = self.pending[:bs], self.pending[bs:]
-            alive = [(i, c) for i, c in batch if i in self.loaded]
-            if not alive:
-                continue
-            t0 = time.perf_counter()
-            try:
-                probs = self.p.forward_probs([self.loaded[i].chunks[c].array for i, c in alive])
-            except Exception as e:  # e.g. out of memory: fail these scans, keep going
-                log.debug("batch failed", exc_info=True)
-                for i in sorted({i for i, _ in alive}):
-                    sid, path, _ = self.jobs[i]
-                    self.loaded.pop(i, None)
-                    self._finish(i, Prediction.failure(sid, e, task=self.p.task, path=path))
-                continue
-            share = (time.perf_counter() - t0) / len(alive)
-            for (i, c), pr in zip(alive, probs):
-                self.probs[i][c] = pr
-                t = self.loaded[i].timings_s
-                t["inference"] = t.get("inference", 0.0) + share
-            for i in sorted({i for i, _ in alive}):
-                if all(p is not None for p in self.probs[i]):
-                    self._complete(i)
-
-    def _complete(self, i: int) -> None:
-        loaded = self.loaded.pop(i)
-        sid, path, _ = self.jobs[i]
-        probs = np.stack([p for p in self.probs.pop(i) if p is not None])
-        pred = self.p.assemble(sid, loaded.warnings, loaded.chunks, probs, loaded.timings_s, str(path))
-        self._finish(i, pred)
-
-    def _finish(self, i: int, pred: Prediction) -> None:
-        self.results[i] = pred
-        self.done += 1
-        if self.progress is not None:
-            self.progress(self.done, len(self.jobs))
