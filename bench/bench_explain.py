@@ -108,8 +108,9 @@ def guided_gradcam(
     reference, positive part) per chunk, then as :func:`ctcovid.predict.explain` does for attributions: stitched,
     smoothed by ``smooth_mm``, mapped onto the input grid, restricted, normalised."""
     pre, chunks = predictor.prepare(volume, "scan")
-    probs = predictor.forward_probs([c.array for c in chunks])
-    prediction = predictor.assemble("scan", [], chunks, probs, {}, None)
+    prediction = predictor.assemble(
+        "scan", [], chunks, predictor.forward([c.array for c in chunks]), {}, None
+    )
     t = predictor.labels.index(target)
     layers = resolve_layers(predictor, layer, chunks[0].array.shape)
     base = _baseline(predictor, volume.units, "air")

@@ -88,3 +88,18 @@ def test_cli_compare_reads_run_folders_and_writes_files(
 def test_load_evaluation_explains_what_it_needs(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="has no eval_test/metrics.json and no checkpoint"):
         load_evaluation(tmp_path)
+
+
+def test_paired_accuracy_decides_each_run_by_its_recorded_rule() -> None:
+    from ctcovid.metrics.metrics import decide
+
+    ev = _evaluation(2.0)
+    ordinal = {**ev, "scan": {**ev["scan"], "decision": "median"}}  # as an ordinal head records it
+    c = compare_evaluations([ordinal, ev], ["median", "argmax"], n_resamples=50)
+    labels = ev["labels"]
+    scans = sorted(ev["scans"], key=lambda s: s["scan_id"])
+    probs = np.array([s["probs"] for s in scans])
+    y = np.array([labels.index(s["label"]) for s in scans])
+    want = (decide(probs, "median") == y).mean() - (decide(probs, "argmax") == y).mean()
+    assert want != 0  # the fixture tells the rules apart
+    assert c["pairs"][0]["accuracy"]["diff"] == pytest.approx(want)

@@ -53,7 +53,8 @@ def test_evaluate_writes_metrics_report_and_plots(run_dir: Path, capsys: pytest.
     assert m["positive"] == "NCP" and m["ci"]["scan"]["accuracy"]["n_defined"] == 200
     assert len(m["scans"]) == 6 and {"scan_id", "patient_id", "label", "pred", "probs"} <= set(m["scans"][0])
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 5
+    # confusion x2, ROC, reliability before/after temperature scaling, risk-coverage, training curves
+    assert html.count("data:image/png;base64,") == 7
     md = (out / "report.md").read_text()
     assert "| accuracy |" in md and "![ROC curves" in md and "rows = truth" in md
     printed = capsys.readouterr().out

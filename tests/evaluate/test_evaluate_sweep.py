@@ -26,12 +26,22 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize(
-    "name", ["diagnosis_depth_batch", "diagnosis_models", "severity_models", "tiny_synthetic"]
+    "name",
+    ["diagnosis_depth_batch", "diagnosis_models", "severity_models", "severity_ordinal", "tiny_synthetic"],
 )
 def test_shipped_sweeps_load_and_validate_every_run(name: str, manifest: Path) -> None:
     sweep = load_sweep(SWEEPS / f"{name}.toml", [f"data.manifest={manifest}"])
-    expected = {"diagnosis_depth_batch": 18, "diagnosis_models": 5, "severity_models": 4, "tiny_synthetic": 4}
+    expected = {
+        "diagnosis_depth_batch": 18,
+        "diagnosis_models": 5,
+        "severity_models": 4,
+        "severity_ordinal": 6,
+        "tiny_synthetic": 4,
+    }
     assert len(sweep.runs) == expected[name]
+    if name == "severity_ordinal":  # 2 heads x 3 seeds, one split
+        assert sweep.runs[3].name == "head-corn_seed-0"
+        assert sweep.runs[3].config.model.kwargs == {"head": "corn"} and sweep.runs[3].config.train.seed == 0
     if name == "severity_models":
         vote = next(r for r in sweep.runs if r.name == "resnet50_2d_vote")
         assert vote.evaluate.aggregate == "majority" and vote.config.preprocess.chunk_depth == 1

@@ -63,7 +63,7 @@ def test_severity_table_is_table_1_with_the_best_confusion_matrix(manifest: Path
         rows, tmp_path, table=sweep.table, name=sweep.path.stem, base=str(sweep.base), grid=list(sweep.grid)
     )
     md = written["md"].read_text()
-    assert "| Model | Accuracy | Macro F1 | Quadratic kappa |" in md
+    assert "| Model | Accuracy | Macro F1 | Quadratic kappa | MAE (grades) |" in md
     assert "Confusion matrix of the best run, ct_s152 (row-normalized; rows = truth)" in md
     assert "| true \\ predicted | low | medium | high |" in md
     assert written["best_confusion"].is_file() and written["bars"].is_file()

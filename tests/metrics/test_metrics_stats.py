@@ -78,7 +78,15 @@ def test_resampled_scores_equal_the_point_metrics_on_explicit_resamples() -> Non
     for b in range(5):
         idx = np.repeat(np.arange(len(y)), w[b].astype(int))  # the resample as explicit rows
         m = classification_metrics(probs[idx], y[idx], 3, positive=0, ordinal=True)
-        for name in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "auroc", "kappa_quadratic"):
+        for name in (
+            "accuracy",
+            "precision_macro",
+            "recall_macro",
+            "f1_macro",
+            "auroc",
+            "kappa_quadratic",
+            "mae",
+        ):
             assert got[name][b] == pytest.approx(m[name]), name
         for name in ("accuracy", "precision", "recall", "f1", "auroc"):
             assert got[f"binary_{name}"][b] == pytest.approx(m["binary"][name]), name

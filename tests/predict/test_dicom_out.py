@@ -199,22 +199,18 @@ def test_sr_passes_dciodvfy(cli_outputs) -> None:
     assert_valid(cli_outputs["root"] / "explain" / "dicom_sr.dcm")
 
 
-def test_sr_carries_quality_and_referral_when_the_prediction_has_them(
-    predictor, scan_files, tmp_path
-) -> None:
+def test_sr_carries_quality_uncertainty_and_referral(predictor, scan_files, tmp_path) -> None:
     with open_scan(scan_files["dicom"]) as volume:
         pred = predictor.predict(volume, "q")
         pred.warnings.append("uneven slice spacing: 1.9..2.1 mm")
-        pred.quality = {"ok": False, "reasons": ["too few slices"]}  # type: ignore[attr-defined]
-        pred.refer = "refer: scan of low quality"  # type: ignore[attr-defined]
+        pred.refer, pred.refer_reasons = True, ["uncertain: 0.70 > 0.60 (normalised entropy)"]
         sr = read(write_sr(pred, predictor, volume, tmp_path))
-        plain = predictor.predict(volume, "plain")
-        plain_sr = read(write_sr(plain, predictor, volume, tmp_path))
     (quality,) = items_named(sr, "QUALITY")
-    assert json.loads(quality.TextValue) == {"ok": False, "reasons": ["too few slices"]}
-    assert items_named(sr, "REFER")[0].TextValue == "refer: scan of low quality"
+    assert json.loads(quality.TextValue) == {"ok": pred.quality["ok"], "problems": pred.quality["problems"]}
+    assert json.loads(items_named(sr, "UNCERTAINTY")[0].TextValue) == pred.uncertainty
+    assert items_named(sr, "REFER")[0].TextValue == "true"
+    assert json.loads(items_named(sr, "REFER_REASONS")[0].TextValue) == pred.refer_reasons
     assert "uneven slice spacing: 1.9..2.1 mm" in [i.TextValue for i in items_named(sr, "WARNING")]
-    assert not items_named(plain_sr, "QUALITY") and not items_named(plain_sr, "REFER")
 
 
 def test_zipped_series_gets_its_report_in_its_study(predictor, scan_files, tmp_path) -> None:

@@ -122,6 +122,9 @@ def test_ddp_with_two_gloo_ranks_trains(tiny_run: tuple[Path, Path], tmp_path: P
         ("train.sampler=balanced", "train.sampler: 'balanced' is not one of 'shuffle', 'class_uniform'"),
         ("data.manifest=/nope/manifest.csv", "manifest '/nope/manifest.csv' does not exist"),
         ("preprocess.depth_mode=cube", "depth_mode='cube' is invalid"),
+        ("model.kwargs.head=coral", "model.kwargs.head: 'coral' is not one of linear, corn"),
+        ("model.kwargs.head=corn", "needs ordered classes, but data.task = 'diagnosis'"),
+        ("model.kwargs.shortcutt=B", "model.kwargs: 'shortcutt' is not an argument of r3d_10; valid: "),
     ],
 )
 def test_bad_config_fails_before_training_naming_the_key(
@@ -242,3 +245,27 @@ def test_cosine_schedule_falls_from_lr_to_zero_along_a_half_cosine(
     want = [0.001 * (1 + math.cos(math.pi * e / 4)) for e in range(4)]  # lr/2 * (1 + cos(pi e / T))
     assert lrs == pytest.approx(want, rel=1e-6)
     assert load_checkpoint(tmp_path / "cos" / "checkpoint_last.pt")["scheduler"]["T_max"] == 4  # resumable
+
+
+# The tiny cohort's classes read as an ordered scale, from healthy to bilateral ground glass.
+ORDINAL = ["data.task=custom", 'data.labels=["Normal", "CP", "NCP"]', "model.kwargs.head=corn"]
+
+
+def test_corn_head_trains_and_its_checkpoint_rebuilds_with_it(
+    tiny_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    cfg_path, _ = tiny_run
+    fit(load_run_config(cfg_path, [*ORDINAL, "train.epochs=1"]), tmp_path / "corn")
+    ck = load_checkpoint(tmp_path / "corn" / "checkpoint_last.pt")
+    assert ck["model"]["kwargs"]["head"] == "corn" and ck["labels"] == ["Normal", "CP", "NCP"]
+    model = rebuild_model(ck)
+    assert model.head == "corn" and model.fc.out_features == 2
+    with torch.no_grad():
+        out = model(torch.zeros(2, 1, 8, 24, 24))
+    torch.testing.assert_close(out.exp().sum(1), torch.ones(2))  # log-probabilities, one per class
+
+
+def test_corn_head_with_one_label_fails_naming_the_labels(tiny_run: tuple[Path, Path]) -> None:
+    cfg_path, _ = tiny_run
+    with pytest.raises(ConfigError, match=r"needs at least 2, data.labels has \['NCP'\]"):
+        load_run_config(cfg_path, ["data.task=custom", 'data.labels=["NCP"]', "model.kwargs.head=corn"])

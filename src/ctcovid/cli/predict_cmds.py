@@ -12,10 +12,65 @@ from typing import Any
 from ctcovid.cli.progress import progress
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint file or run folder")
+def _add_model_args(p: argparse.ArgumentParser, *, ensemble: bool = True) -> None:
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="CKPT",
+        action="append" if ensemble else "store",
+        help="checkpoint file or run folder"
+        + ("; give it several times for a deep ensemble (mean of the members' answers)" if ensemble else ""),
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--batch-size", type=int, default=4, help="chunks per forward pass (default 4)")
+    trust = p.add_argument_group("trust (see the README: 'Can I trust this answer?')")
+    trust.add_argument(
+        "--mc-samples",
+        type=int,
+        default=0,
+        metavar="N",
+        help="MC dropout: N extra passes with dropout on (models with dropout, e.g. CT-S); default 0 (off)",
+    )
+    trust.add_argument(
+        "--refer-uncertainty",
+        type=float,
+        default=None,
+        metavar="U",
+        help="refer answers whose normalised entropy exceeds U (default: the checkpoint's, 0.6)",
+    )
+    trust.add_argument(
+        "--ood-method",
+        choices=["mahalanobis", "energy"],
+        default=None,
+        help="out-of-distribution score (default: the checkpoint's, mahalanobis)",
+    )
+    trust.add_argument(
+        "--no-quality-checks",
+        action="store_true",
+        help="skip the scan quality checks (a scan that fails them is otherwise not assessed)",
+    )
+
+
+def _load_predictor(args: argparse.Namespace) -> Any:
+    from ctcovid.predict import Predictor
+
+    ckpts = args.checkpoint if isinstance(args.checkpoint, list) else [args.checkpoint]
+    return Predictor.from_checkpoints(
+        ckpts,
+        device=args.device,
+        batch_size=args.batch_size,
+        mc_samples=args.mc_samples,
+        refer_uncertainty=args.refer_uncertainty,
+        ood_method=args.ood_method,
+        quality_checks=not args.no_quality_checks,
+    )
+
+
+def _trust_cells(pred: Any) -> str:
+    """``refer``, OOD score and uncertainty as table cells (— where not computed)."""
+    ood = "—" if pred.ood_score is None else f"{pred.ood_score:.2f}"
+    unc = "—" if pred.uncertainty is None else f"{pred.uncertainty:.2f}"
+    return f"{'REFER' if pred.refer else 'ok':<6} {ood:>6} {unc:>6}"
 
 
 # --------------------------------------------------------------------------- predict
@@ -39,9 +94,7 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from ctcovid.predict import Predictor
-
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, batch_size=args.batch_size)
+    predictor = _load_predictor(args)
     dicom: dict[int, tuple[list[Path], str | None]] = {}
     with progress(len(args.paths), "predict") as tick:
         if args.dicom_out:
@@ -54,14 +107,25 @@ def _run_predict(args: argparse.Namespace) -> int:
             preds = predictor.predict_paths(args.paths, progress=tick)
     labels = predictor.labels
     width = max([len(p.scan_id) for p in preds] + [7])
-    print(f"{'scan_id':<{width}}  {'label':<8} " + " ".join(f"{lab:>8}" for lab in labels))
+    print(
+        f"{'scan_id':<{width}}  {'label':<8} "
+        + " ".join(f"{lab:>8}" for lab in labels)
+        + f"  {'refer':<6} {'ood':>6} {'uncert':>6}"
+    )
     for pred in preds:
-        if pred.ok:
+        if not pred.ok:
+            print(f"{pred.scan_id:<{width}}  ERROR    {pred.error}")
+        elif not pred.assessable:
+            blank = " ".join(f"{'—':>8}" for _ in labels)
+            print(f"{pred.scan_id:<{width}}  {'—':<8} {blank}  {_trust_cells(pred)}")
+        else:
             probs = " ".join(f"{pred.probs[lab]:>8.3f}" for lab in labels)
             chunks = f"  ({len(pred.chunks)} chunks)" if len(pred.chunks) > 1 else ""
-            print(f"{pred.scan_id:<{width}}  {pred.label:<8} {probs}{chunks}")
-        else:
-            print(f"{pred.scan_id:<{width}}  ERROR    {pred.error}")
+            print(f"{pred.scan_id:<{width}}  {pred.label:<8} {probs}  {_trust_cells(pred)}{chunks}")
+        for reason in pred.refer_reasons if pred.ok else []:
+            print(f"{'':<{width}}    refer: {reason}")
+        for w in (pred.quality or {}).get("warnings", []):
+            print(f"{'':<{width}}    quality warning: {w}")
     if args.json:
         doc = {"model": predictor.info(), "predictions": [p.to_dict() for p in preds]}
         Path(args.json).write_text(json.dumps(doc, indent=2))
@@ -79,6 +143,9 @@ def _run_predict(args: argparse.Namespace) -> int:
     failed = sum(1 for p in preds if not p.ok)
     if failed:
         print(f"{failed} of {len(preds)} scan(s) failed (see the error column)", file=sys.stderr)
+    referred = sum(1 for p in preds if p.ok and p.refer)
+    if referred:
+        print(f"{referred} of {len(preds)} scan(s) referred to a person (reasons above)")
     return 1 if failed or refused else 0
 
 
@@ -90,6 +157,11 @@ def _write_csv(path: Path, preds: list[Any], labels: list[str]) -> None:
         "severity",
         *[f"p_{lab}" for lab in labels],
         "n_chunks",
+        "quality_ok",
+        "ood_score",
+        "uncertainty",
+        "refer",
+        "refer_reasons",
         "warnings",
         "error",
     ]
@@ -103,10 +175,15 @@ def _write_csv(path: Path, preds: list[Any], labels: list[str]) -> None:
                 "label": p.label or "",
                 "severity": p.severity or "",
                 "n_chunks": len(p.chunks),
+                "quality_ok": "" if p.quality is None else str(bool(p.quality["ok"])).lower(),
+                "ood_score": "" if p.ood_score is None else f"{p.ood_score:.4f}",
+                "uncertainty": "" if p.uncertainty is None else f"{p.uncertainty:.4f}",
+                "refer": str(p.refer).lower(),
+                "refer_reasons": "; ".join(p.refer_reasons),
                 "warnings": "; ".join(p.warnings),
                 "error": p.error or "",
             }
-            row.update({f"p_{lab}": f"{p.probs[lab]:.6f}" if p.ok else "" for lab in labels})
+            row.update({f"p_{lab}": f"{p.probs[lab]:.6f}" if p.probs else "" for lab in labels})
             w.writerow(row)
 
 
@@ -117,7 +194,7 @@ EXPLAIN_METHODS = ["ig", "gradxinput", "gradcam", "gradcam++"]
 
 def _add_explain(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", metavar="PATH", help="one scan, or a folder of scans (as for predict)")
-    _add_model_args(p)
+    _add_model_args(p, ensemble=False)
     p.add_argument("--out", metavar="DIR", help="folder for heatmaps (NIfTI), montages (PNG), JSON")
     p.add_argument(
         "--dicom-out",
@@ -167,7 +244,7 @@ def _add_explain(p: argparse.ArgumentParser) -> None:
 
 
 def _run_explain(args: argparse.Namespace) -> int:
-    from ctcovid.predict import Predictor, explain, find_scans, open_scan
+    from ctcovid.predict import explain, find_scans, open_scan
     from ctcovid.predict.dicom_out import NotDicomError
     from ctcovid.predict.explain import safe_stem
     from ctcovid.predict.predictor import describe_error
@@ -176,7 +253,7 @@ def _run_explain(args: argparse.Namespace) -> int:
         from ctcovid.errors import CtcovidError
 
         raise CtcovidError("explain needs somewhere to write: give --out DIR, --dicom-out DIR, or both")
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, batch_size=args.batch_size)
+    predictor = _load_predictor(args)
     scans = find_scans(args.path)
     failed = 0
     with progress(len(scans), "explain") as tick:
@@ -216,6 +293,8 @@ def _run_explain(args: argparse.Namespace) -> int:
                 f"{f' from {e.baseline}' if e.baseline else ''} for {e.target}; "
                 f"hottest slices {e.top_slices(args.slices)}"
             )
+            for reason in p.refer_reasons:
+                print(f"  refer: {reason}")
             for kind, f in files.items():
                 print(f"  {kind}: {f}")
             if refused:

@@ -53,6 +53,56 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- calibrate
+def _add_calibrate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file or run folder (its best checkpoint)")
+    p.add_argument("--out", metavar="FILE", help="write the calibrated checkpoint here (default: in place)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="reliability.KEY=VALUE",
+        help="override the run's [reliability] settings, e.g. --set reliability.ood_quantile=0.99",
+    )
+    p.epilog = (
+        "Training does this at its end; use it for checkpoints trained before, or to change the "
+        "settings. Needs the run's manifest and split (read from the checkpoint and its folder)."
+    )
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from ctcovid.checkpoint import load_checkpoint
+    from ctcovid.config import apply_overrides, from_dict
+    from ctcovid.train.config import ReliabilityConfig
+    from ctcovid.train.reliability import calibrate_checkpoint
+
+    ck = load_checkpoint(args.checkpoint)
+    raw = apply_overrides({"reliability": ck.get("config", {}).get("reliability", {})}, args.set)
+    cfg = from_dict(ReliabilityConfig, raw.get("reliability", {}), "reliability")
+    rel = calibrate_checkpoint(
+        ck["path"], cfg=cfg, device=args.device, batch_size=args.batch_size, out=args.out
+    )
+    v = rel.get("validation", {})
+    print(f"calibrated {args.out or ck['path']}")
+    if v:
+        print(
+            f"  temperature {rel['temperature']:.3f}: validation NLL {v['nll_before']:.3f} -> {v['nll_after']:.3f}, "
+            f"ECE {v['ece_before']:.3f} -> {v['ece_after']:.3f} ({v['scans']} scans)"
+        )
+    for method, o in rel.get("ood", {}).items():
+        mark = " (used)" if method == rel["ood_method"] else ""
+        print(
+            f"  OOD {method}{mark}: threshold {o['threshold']:.4g} ({cfg.ood_quantile:.0%} of validation scans below)"
+        )
+    ref = rel.get("quality_reference")
+    print(
+        f"  quality reference: {ref['n'] if ref else 0} training scans; refer above uncertainty {rel['refer_uncertainty']}"
+    )
+    return 0
+
+
 # --------------------------------------------------------------------------- demo
 DEMO_CONFIG: dict[str, Any] = {
     # Kept equal to configs/demo_synthetic.toml (a test checks it). Small inputs: minutes on 2 cores.
@@ -179,6 +229,11 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "train": ("train a model from a config file", _add_train, _run_train),
+    "calibrate": (
+        "fit temperature scaling, OOD statistics and quality ranges into a checkpoint",
+        _add_calibrate,
+        _run_calibrate,
+    ),
     "demo": (
         "synthetic end-to-end run, no data needed: generate a cohort, import, split, train, evaluate",
         _add_demo,

@@ -293,6 +293,17 @@ def _build_in_worker(root: str, cfg: dict[str, Any], scans_root: str, row: Manif
     build_entry(PreprocessCache(root, PreprocessConfig.from_dict(cfg), scans_root), row)
 
 
+def _scan_stats(volume: Any, row: ManifestRow) -> dict[str, Any] | None:
+    """The scan's quality statistics (the training cohort's ranges, for predict's checks)."""
+    from ctcovid.preprocess.quality import measure
+
+    try:
+        return measure(volume).to_dict()
+    except Exception as e:  # statistics must never stop a cache build; the reference just lacks this scan
+        log.warning("scan %s: no quality statistics (%s: %s)", row.scan_id, type(e).__name__, e)
+        return None
+
+
 def build_entry(cache: PreprocessCache, row: ManifestRow) -> dict[str, Any]:
     """Read, preprocess and store one scan; the ``.json`` written last marks the entry complete."""
     from ctcovid.data.dataset import load_row_volume
@@ -314,6 +325,7 @@ def build_entry(cache: PreprocessCache, row: ManifestRow) -> dict[str, Any]:
         "origin_mm": list(result.origin_mm),
         "body_found": result.body_found,
         "warnings": [*volume.warnings, *result.warnings],
+        "scan_stats": _scan_stats(volume, row),
     }
     _atomic_write_bytes(meta_path, lambda f: f.write(json.dumps(meta).encode()))
     return meta

@@ -17,7 +17,7 @@ import numpy as np
 
 from ctcovid.errors import ConfigError
 from ctcovid.evaluate.render import Doc, fmt, with_ci
-from ctcovid.metrics.metrics import aggregate_by
+from ctcovid.metrics.metrics import aggregate_by, decide
 from ctcovid.metrics.stats import N_RESAMPLES, delong_test, paired_bootstrap
 
 
@@ -96,10 +96,14 @@ def compare_evaluations(
                 f"first, {only_b} only in {name!r}); evaluate them on the same manifest and split"
             )
     targets, patients = tables[0][2], tables[0][3]
+    # Each run's predictions by its own decision rule (the median for an ordinal head), as recorded
+    # in its metrics; older evaluations have none recorded and decided by argmax.
+    correct = [
+        decide(t[1], ev[level].get("decision", "argmax")) == targets for t, ev in zip(tables, evaluations)
+    ]
     pairs = []
     for (i, a), (j, b) in itertools.combinations(enumerate(tables), 2):
-        correct_a = a[1].argmax(1) == targets
-        correct_b = b[1].argmax(1) == targets
+        correct_a, correct_b = correct[i], correct[j]
         pair: dict[str, Any] = {
             "a": names[i],
             "b": names[j],

@@ -30,10 +30,17 @@ from ctcovid.data.manifest import MOSMED_LABELS, read_manifest
 from ctcovid.data.splits import read_split, split_path
 from ctcovid.errors import ConfigError, ManifestError
 from ctcovid.evaluate.render import Doc, fmt, with_ci
-from ctcovid.metrics.metrics import AGGREGATE_METHODS, aggregate_by, classification_metrics
+from ctcovid.metrics.metrics import (
+    AGGREGATE_METHODS,
+    aggregate_by,
+    classification_metrics,
+    expected_calibration_error,
+)
+from ctcovid.metrics.reliability import normalized_entropy, risk_coverage, scan_nll, temper
 from ctcovid.metrics.stats import N_RESAMPLES, bootstrap_ci
 from ctcovid.preprocess.pipeline import PreprocessConfig
-from ctcovid.train.loop import StepOptions, evaluate
+from ctcovid.train.loop import Inference, StepOptions, infer
+from ctcovid.train.reliability import scan_scores
 from ctcovid.types import SEVERITY_LABELS
 
 log = logging.getLogger(__name__)
@@ -125,7 +132,14 @@ def evaluate_checkpoint(
         )
     model = rebuild_model(ckpt).to(dev)
     loader = DataLoader(dataset, batch_size=batch_size)
-    loss, probs_t, targets_t, metas = evaluate(model, loader, nn.CrossEntropyLoss(), StepOptions(dev))
+    inf = infer(model, loader, StepOptions(dev))
+    metas, targets_t = inf.metas, inf.targets
+    loss = (
+        float(nn.functional.cross_entropy(inf.logits, targets_t).item()) if len(targets_t) else float("nan")
+    )
+    raw = torch.softmax(inf.logits, 1).numpy().astype(np.float64)
+    rel = ckpt.get("reliability")
+    probs = temper(raw, float(rel.get("temperature", 1.0))) if rel else raw
     info = {
         "checkpoint": ckpt["path"],
         "epoch": ckpt.get("epoch"),
@@ -137,10 +151,10 @@ def evaluate_checkpoint(
         "loss": loss,
         "excluded": excluded,
     }
-    return {
+    result = {
         **info,
         **evaluate_predictions(
-            probs_t.numpy(),
+            probs,
             targets_t.numpy(),
             [m["scan_id"] for m in metas],
             [m["patient_id"] for m in metas],
@@ -152,6 +166,94 @@ def evaluate_checkpoint(
             seed=seed,
         ),
     }
+    result.update(trust_metrics(raw, inf, rel, dataset, labels, model))
+    return result
+
+
+def trust_metrics(
+    raw: np.ndarray,
+    inf: Inference,
+    reliability: dict[str, Any] | None,
+    dataset: CachedDataset,
+    labels: list[str],
+    model: nn.Module,
+) -> dict[str, Any]:
+    """Calibration before/after temperature scaling and the referral figures, at scan level.
+
+    A scan is referred as predict would refer it (:mod:`ctcovid.predict.predictor`): a blocking
+    quality problem (from the statistics the cache stored), an OOD score above 1, or an
+    uncertainty above the checkpoint's threshold. The risk-coverage curve orders scans by
+    uncertainty (most certain first).
+    """
+    from ctcovid.predict.predictor import DEFAULT_REFER_UNCERTAINTY, Member
+    from ctcovid.predict.quality import check_quality
+    from ctcovid.preprocess.quality import ScanStats
+
+    targets = inf.targets.numpy()
+    ids = [m["scan_id"] for m in inf.metas]
+    rel = reliability or {}
+    t = float(rel.get("temperature", 1.0))
+    raw_scan, scan_t, scans = aggregate_by(raw, targets, ids)
+    cal_scan = aggregate_by(temper(raw, t), targets, ids)[0]
+    ece_before, bins_before = expected_calibration_error(raw_scan, scan_t)
+    ece_after, bins_after = expected_calibration_error(cal_scan, scan_t)
+    calibration = {
+        "fitted": bool(rel),
+        "temperature": t,
+        "ece_before": ece_before,
+        "ece_after": ece_after,
+        "nll_before": scan_nll(raw, targets, ids),
+        "nll_after": scan_nll(temper(raw, t), targets, ids),
+        "bins_before": bins_before,
+        "bins_after": bins_after,
+    }
+    member = Member.build(model, rel)
+    method = str(rel.get("ood_method", "mahalanobis"))
+    chunk_ood = member.ood_score(method, inf.logits.numpy(), inf.features.numpy())
+    ood = scan_scores(chunk_ood, ids)[0] if chunk_ood is not None else np.full(len(scans), np.nan)
+    uncertainty = normalized_entropy(cal_scan)
+    threshold = float(rel.get("refer_uncertainty", DEFAULT_REFER_UNCERTAINTY))
+    reference = rel.get("quality_reference")
+    stats_of = {
+        row.scan_id: meta.get("scan_stats") for row, meta in zip(dataset.rows, dataset.metas, strict=True)
+    }
+    reasons: dict[str, int] = {"not assessable": 0, "out of distribution": 0, "uncertain": 0}
+    refer = np.zeros(len(scans), dtype=bool)
+    for i, sid in enumerate(scans):
+        stats = stats_of.get(sid)
+        why = []
+        if stats and not check_quality(ScanStats.from_dict(stats), reference).ok:
+            why.append("not assessable")
+        if np.isfinite(ood[i]) and ood[i] > 1.0:
+            why.append("out of distribution")
+        if uncertainty[i] > threshold:
+            why.append("uncertain")
+        for w in why:
+            reasons[w] += 1
+        refer[i] = bool(why)
+    correct = cal_scan.argmax(1) == scan_t
+    kept = ~refer
+    referral = {
+        "rate": float(refer.mean()) if len(refer) else None,
+        "n_referred": int(refer.sum()),
+        "n_scans": len(scans),
+        "reasons": reasons,
+        "accuracy_all": float(correct.mean()) if len(correct) else None,
+        "accuracy_not_referred": float(correct[kept].mean()) if kept.any() else None,
+        "accuracy_referred": float(correct[refer].mean()) if refer.any() else None,
+        "refer_uncertainty": threshold,
+        "ood_method": method if chunk_ood is not None else None,
+        "risk_coverage": risk_coverage(1.0 - uncertainty, correct),
+    }
+    per_scan = {
+        sid: {
+            "ood_score": None if not np.isfinite(ood[i]) else round(float(ood[i]), 4),
+            "uncertainty": round(float(uncertainty[i]), 4),
+            "refer": bool(refer[i]),
+        }
+        for i, sid in enumerate(scans)
+    }
+    return {"calibration": calibration, "referral": referral, "trust": per_scan}
 
 
 def excluded_scans(dataset: CachedDataset) -> dict[str, Any]:
@@ -263,6 +365,22 @@ def write_report(
     written["reliability_scan"] = plots.plot_reliability(
         scan["calibration_bins"], scan["ece"], out / "reliability_scan.png"
     )
+    cal = result.get("calibration")
+    if cal and cal.get("fitted"):
+        written["reliability_uncalibrated"] = plots.plot_reliability(
+            cal["bins_before"],
+            cal["ece_before"],
+            out / "reliability_uncalibrated.png",
+            title=f"before temperature scaling (ECE {fmt(cal['ece_before'], 3)})",
+        )
+    ref = result.get("referral")
+    if ref and ref["risk_coverage"]["coverage"]:
+        rc = ref["risk_coverage"]
+        kept = ref["accuracy_not_referred"]
+        point = (1.0 - ref["rate"], 1.0 - kept) if kept is not None else None
+        written["risk_coverage"] = plots.plot_risk_coverage(
+            rc["coverage"], rc["risk"], out / "risk_coverage.png", referral=point
+        )
     rdir = Path(run_dir) if run_dir is not None else Path(result["checkpoint"]).parent
     history_path = rdir / "metrics.jsonl"
     if history_path.is_file():
@@ -302,6 +420,37 @@ def _summary_rows(result: dict[str, Any]) -> list[list[Any]]:
             cells.append(with_ci(v, ci) if level != "chunk" else fmt(v, 3))
         rows.append(cells)
     return rows
+
+
+def _trust_section(doc: Doc, result: dict[str, Any]) -> None:
+    cal, ref = result.get("calibration"), result.get("referral")
+    if not cal or not ref:
+        return
+    doc.heading("Calibration and referral (scan level)")
+    if cal["fitted"]:
+        doc.text(
+            f"Temperature scaling (T = {cal['temperature']:.3f}, fitted on the validation split): ECE "
+            f"{fmt(cal['ece_before'], 3)} -> {fmt(cal['ece_after'], 3)}, NLL {fmt(cal['nll_before'], 3)} -> "
+            f"{fmt(cal['nll_after'], 3)}. The metrics above use the calibrated probabilities."
+        )
+    else:
+        doc.text(
+            "The checkpoint has no reliability data (run `ctcovid calibrate`): no temperature, no OOD score."
+        )
+    reasons = ", ".join(f"{k} {v}" for k, v in ref["reasons"].items())
+    doc.table(
+        ["", "value"],
+        [
+            ["scans referred", f"{ref['n_referred']} of {ref['n_scans']} ({fmt(ref['rate'], 3)})"],
+            ["reasons (a scan may have several)", reasons],
+            ["accuracy, all scans", fmt(ref["accuracy_all"], 3)],
+            ["accuracy, scans not referred", fmt(ref["accuracy_not_referred"], 3)],
+            ["accuracy, referred scans", fmt(ref["accuracy_referred"], 3)],
+            ["refer above uncertainty", ref["refer_uncertainty"]],
+            ["OOD method", ref["ood_method"] or "—"],
+            ["area under risk-coverage (lower is better)", fmt(ref["risk_coverage"]["aurc"], 3)],
+        ],
+    )
 
 
 def report_document(result: dict[str, Any], images: dict[str, Path]) -> Doc:
@@ -352,6 +501,7 @@ def report_document(result: dict[str, Any], images: dict[str, Path]) -> Doc:
                 for lab, r in zip(labels, m["confusion_normalized"])
             ],
         )
+    _trust_section(doc, result)
     notes = [f"{level}: {k}: {why}" for level in LEVELS for k, why in result[level]["undefined"].items()]
     if notes:
         doc.heading("Undefined values")
@@ -362,7 +512,9 @@ def report_document(result: dict[str, Any], images: dict[str, Path]) -> Doc:
         "confusion_scan": "row-normalized confusion matrix, scan level",
         "confusion_patient": "row-normalized confusion matrix, patient level",
         "roc_scan": "ROC curves, one vs rest, scan level",
-        "reliability_scan": "reliability diagram, scan level",
+        "reliability_scan": "reliability diagram, scan level (after temperature scaling when fitted)",
+        "reliability_uncalibrated": "reliability diagram, scan level, before temperature scaling",
+        "risk_coverage": "risk-coverage: error rate of the most certain scans (dot: scans not referred)",
         "training_curves": "training curves (metrics.jsonl)",
     }
     for key, caption in captions.items():

@@ -4,7 +4,8 @@
   size) and Figures 4 and 5 (accuracy and recall against depth, one line per batch size, and
   against batch size, one line per depth);
 * ``models``: its Table 7 (per model: accuracy, precision, recall, F1, AUROC);
-* ``severity``: the severity paper's Table 1 (accuracy per model) and Table 2 (the
+* ``severity``: the severity paper's Table 1 (accuracy per model) with macro F1 and the ordinal
+  scores (quadratic weighted kappa, mean absolute error in grades), and Table 2 (the
   row-normalized confusion matrix of the best model).
 
 "Accuracy" is the K-way accuracy. "Recall", "precision" and "F1" are the binary "positive vs
@@ -23,7 +24,7 @@ from typing import Any
 
 from ctcovid.evaluate.render import Doc, with_ci, write_csv
 
-METRICS = ("accuracy", "precision", "recall", "f1", "auroc", "kappa_quadratic")
+METRICS = ("accuracy", "precision", "recall", "f1", "auroc", "kappa_quadratic", "mae")
 
 
 def run_row(settings: Mapping[str, Any], metrics: dict[str, Any], level: str) -> dict[str, Any]:
@@ -36,6 +37,7 @@ def run_row(settings: Mapping[str, Any], metrics: dict[str, Any], level: str) ->
         "accuracy": (m["accuracy"], "accuracy"),
         "auroc": (m["auroc"], "auroc"),
         "kappa_quadratic": (m.get("kappa_quadratic"), "kappa_quadratic"),
+        "mae": (m.get("mae"), "mae"),
     }
     for name in ("precision", "recall", "f1"):
         source[name] = (binary[name], f"binary_{name}") if binary else (m[f"{name}_macro"], f"{name}_macro")
@@ -87,7 +89,7 @@ def write_tables(
         "[95% patient-bootstrap CI] where the level allows it; — = undefined."
     )
     labels = {m: m.replace("_", " ").capitalize() for m in METRICS}
-    labels.update({"auroc": "AUROC", "f1": "F1", "kappa_quadratic": "Quadratic kappa"})
+    labels.update({"auroc": "AUROC", "f1": "F1", "kappa_quadratic": "Quadratic kappa", "mae": "MAE (grades)"})
     for m in ("precision", "recall", "f1"):
         labels[m] = (
             f"{of} {labels[m].lower() if m != 'f1' else 'F1'}" if of != "macro" else f"Macro {labels[m]}"
@@ -133,7 +135,7 @@ def write_tables(
         shown = (
             ["accuracy", "precision", "recall", "f1", "auroc"]
             if table == "models"
-            else ["accuracy", "f1", "kappa_quadratic"]
+            else ["accuracy", "f1", "kappa_quadratic", "mae"]
         )
         doc.table(
             ["Model", *(labels[m] for m in shown)], [[r["run"], *(_cell(r, m) for m in shown)] for r in rows]

@@ -4,7 +4,12 @@
 F1, support and one-vs-rest AUROC; macro and weighted averages; a confusion matrix as counts and
 row-normalized (rows = truth, the severity paper's Table 2 layout); the diagnosis paper's
 "COVID vs rest" binary accuracy / precision / recall / F1 for a ``positive`` class; quadratic
-weighted kappa for ordinal labels; expected calibration error.
+weighted kappa and mean absolute error in grades for ordinal labels (:func:`ordinal_metrics`);
+expected calibration error.
+
+The predicted class comes from :func:`decide`: the argmax of the probabilities, or for a model
+with an ordinal (CORN) head the median of its distribution, the decoder that model was trained
+for. AUROC and calibration always use the probabilities themselves.
 
 Defined behaviour where scikit-learn warns or returns NaN. A value that cannot be computed is
 ``None`` -- never NaN -- and ``result["undefined"][name]`` says why:
@@ -17,7 +22,8 @@ Defined behaviour where scikit-learn warns or returns NaN. A value that cannot b
 * AUROC of a class needs positives and negatives in the targets; the macro AUROC averages the
   classes where it is defined and is ``None`` with fewer than two classes present (a
   single-class test set);
-* quadratic kappa is ``None`` when targets and predictions are all one and the same class.
+* quadratic kappa is ``None`` when targets and predictions are all one and the same class;
+  MAE only without samples.
 
 The confusion-matrix formulas work on stacks ``(..., K, K)`` so :mod:`ctcovid.metrics.stats`
 reuses them for vectorized bootstrap resamples.
@@ -32,7 +38,38 @@ import numpy as np
 
 AggregateMethod = Literal["mean", "majority"]
 AGGREGATE_METHODS: tuple[str, ...] = ("mean", "majority")
+DecisionRule = Literal["argmax", "median"]
+DECISION_RULES: tuple[str, ...] = ("argmax", "median")
 ECE_BINS = 15
+
+
+def decide(probs: np.ndarray, rule: str = "argmax") -> np.ndarray:
+    """Predicted class indices ``(N,)`` of probabilities ``(N, K)``.
+
+    ``"argmax"``: the most probable class. ``"median"``: the median of the distribution over the
+    ordered classes, the smallest ``k`` with ``P(y <= k) >= 0.5``; it equals the CORN rank
+    decoder (the number of ``k`` with ``P(y > k) > 0.5``; Shi et al. 2021), which is what an
+    ordinal head is trained for, and unlike the argmax never jumps over the middle of a
+    bimodal distribution.
+    """
+    if rule not in DECISION_RULES:
+        raise ValueError(f"unknown decision rule {rule!r}; use one of {', '.join(DECISION_RULES)}")
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2:
+        raise ValueError(f"probs must be (N, K), got shape {probs.shape}")
+    if rule == "argmax":
+        return probs.argmax(1) if len(probs) else np.zeros(0, dtype=np.int64)
+    above = 1.0 - np.cumsum(probs, axis=1)[:, :-1]  # (N, K-1) P(y > k)
+    return (above > 0.5).sum(1).astype(np.int64)
+
+
+def decision_for_head(head: str | None) -> DecisionRule:
+    """The decision rule of a model's output head: ``"median"`` for ``"corn"``, else ``"argmax"``.
+
+    ``head`` is the model's ``head`` keyword (a checkpoint's ``model.kwargs.head``; ``None``
+    when absent, i.e. a plain linear head).
+    """
+    return "median" if head == "corn" else "argmax"
 
 
 def aggregate_by(
@@ -122,6 +159,7 @@ def confusion_scores(cm: np.ndarray, positive: int | None = None) -> dict[str, n
     w = (idx[:, None] - idx[None, :]) ** 2.0  # quadratic disagreement weights
     expected = nan_div(support[..., :, None] * predicted[..., None, :], n[..., None, None])
     out["kappa_quadratic"] = 1.0 - nan_div((w * cm).sum((-2, -1)), (w * expected).sum((-2, -1)))
+    out["mae"] = nan_div((np.sqrt(w) * cm).sum((-2, -1)), n)  # mean |true - predicted| in grades
     if positive is not None:
         ptp = cm[..., positive, positive]
         pfn = support[..., positive] - ptp
@@ -208,18 +246,24 @@ def classification_metrics(
     labels: Sequence[str] | None = None,
     positive: str | int | None = None,
     ordinal: bool = False,
+    decision: str = "argmax",
     ece_bins: int = ECE_BINS,
 ) -> dict[str, Any]:
     """All metrics of probabilities ``(N, K)`` against class indices ``(N,)``.
 
     Args:
-        probs: Class probabilities; the prediction is the argmax.
+        probs: Class probabilities; the prediction is :func:`decide` of them.
         targets: True class indices in ``0..K-1``.
         num_classes: ``K``.
         labels: Class names (default ``"0"``, ``"1"``, ...) used as keys of ``per_class``.
         positive: The class of the binary "positive vs rest" metrics (``"NCP"``: COVID-19 vs
             other pneumonia and normal), by name or index; ``None`` skips them.
-        ordinal: Labels are ordered (severity, MosMed grades): adds ``kappa_quadratic``.
+        ordinal: Labels are ordered (severity, MosMed grades): adds ``kappa_quadratic`` and
+            ``mae`` (:func:`ordinal_metrics`).
+        decision: How a prediction is made from the probabilities (:func:`decide`):
+            ``"argmax"``, or ``"median"`` for an ordinal head. Accuracy, precision, recall, F1,
+            the confusion matrix, kappa and MAE follow it; AUROC and ECE use the probabilities.
+            Recorded in the result as ``decision``.
         ece_bins: Bins of the expected calibration error.
 
     Returns:
@@ -232,7 +276,7 @@ def classification_metrics(
     probs = np.asarray(probs, dtype=np.float64).reshape(-1, num_classes)
     targets = np.asarray(targets, dtype=np.int64).reshape(-1)
     undefined: dict[str, str] = {}
-    preds = probs.argmax(1) if len(targets) else np.zeros(0, dtype=np.int64)
+    preds = decide(probs, decision)
     cm = confusion_counts(targets, preds, num_classes)
     s = confusion_scores(cm, pos)
     aucs = [_f(weighted_auc(probs[:, c], targets == c)[0]) for c in range(num_classes)]
@@ -263,6 +307,7 @@ def classification_metrics(
     out: dict[str, Any] = {
         "n": len(targets),
         "labels": names,
+        "decision": decision,
         "classes_present": [names[c] for c in present],
         "accuracy": _f(s["accuracy"]),
         **{
@@ -284,11 +329,28 @@ def classification_metrics(
         out["binary"] = _binary(s, probs, targets, pos, names, undefined)
     if ordinal:
         out["kappa_quadratic"] = _f(s["kappa_quadratic"])
+        out["mae"] = _f(s["mae"])
         if out["kappa_quadratic"] is None and len(targets):
             undefined["kappa_quadratic"] = "targets and predictions are all the same single class"
     out["ece"], out["calibration_bins"] = expected_calibration_error(probs, targets, ece_bins)
     out["undefined"] = undefined
     return out
+
+
+def ordinal_metrics(probs: np.ndarray, targets: np.ndarray, *, decision: str = "argmax") -> dict[str, Any]:
+    """Agreement of ordered predictions with ordered targets, the scores of graded severity.
+
+    ``kappa_quadratic``: Cohen's kappa with quadratic disagreement weights ``(i - j)^2``
+    (scikit-learn's ``cohen_kappa_score(weights="quadratic")``): 1 = perfect, 0 = chance; a
+    miss by two grades costs four times a miss by one. ``None`` when targets and predictions
+    are all one and the same class. ``mae``: mean ``|predicted index - true index|``, in grades.
+    ``None`` without samples. Predictions are :func:`decide` of ``probs`` with ``decision``.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    targets = np.asarray(targets, dtype=np.int64).reshape(-1)
+    k = probs.shape[1] if probs.ndim == 2 else 0
+    s = confusion_scores(confusion_counts(targets, decide(probs.reshape(-1, k), decision), k))
+    return {"kappa_quadratic": _f(s["kappa_quadratic"]), "mae": _f(s["mae"]), "decision": decision}
 
 
 def _positive_index(positive: str | int | None, names: list[str]) -> int | None:

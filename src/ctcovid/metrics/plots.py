@@ -164,6 +164,36 @@ def plot_reliability(
     return _save(fig, path)
 
 
+def plot_risk_coverage(
+    coverage: Sequence[float],
+    risk: Sequence[float],
+    path: str | Path,
+    *,
+    referral: tuple[float, float] | None = None,
+    title: str = "",
+) -> Path:
+    """Error rate of the most certain fraction of scans against that fraction (selective prediction).
+
+    ``referral``: ``(coverage, risk)`` of the scans the refer rule keeps, marked on the plot.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.8, 3.6), dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    ax.plot(coverage, risk, color="C0", lw=1.5, label="most certain first")
+    if len(risk):
+        ax.axhline(risk[-1], ls="--", color="0.5", lw=1, label=f"all scans ({risk[-1]:.1%} errors)")
+    if referral is not None:
+        ax.plot([referral[0]], [referral[1]], "o", color="C3", ms=6, label="scans not referred")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, max([*risk, 0.05]) * 1.1)
+    ax.set_xlabel("coverage (fraction of scans answered)")
+    ax.set_ylabel("risk (error rate)")
+    ax.legend(fontsize=7, frameon=False)
+    fig.suptitle(title or "risk-coverage")
+    return _save(fig, path)
+
+
 def plot_metric_lines(
     rows: Sequence[Mapping[str, Any]],
     *,

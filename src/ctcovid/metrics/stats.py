@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ctcovid.metrics.metrics import confusion_scores, nan_div, weighted_auc
+from ctcovid.metrics.metrics import confusion_scores, decide, nan_div, weighted_auc
 
 N_RESAMPLES = 1000
 CI_METRICS = (
@@ -29,7 +29,9 @@ CI_METRICS = (
     "binary_recall",
     "binary_f1",
     "kappa_quadratic",
+    "mae",
 )
+ORDINAL_METRICS = ("kappa_quadratic", "mae")
 
 
 def patient_weights(groups: Sequence[str], n_resamples: int, seed: int) -> np.ndarray:
@@ -51,19 +53,24 @@ def resampled_scores(
     *,
     positive: int | None = None,
     ordinal: bool = False,
+    decision: str = "argmax",
 ) -> dict[str, np.ndarray]:
-    """Each metric of :data:`CI_METRICS` under every row of ``weights`` (``(B,)`` arrays, NaN = undefined)."""
+    """Each metric of :data:`CI_METRICS` under every row of ``weights`` (``(B,)`` arrays, NaN = undefined).
+
+    ``decision``: how predictions are made from ``probs`` (:func:`~ctcovid.metrics.metrics.decide`).
+    """
     probs = np.asarray(probs, dtype=np.float64)
     targets = np.asarray(targets, dtype=np.int64)
     k = probs.shape[1]
-    preds = probs.argmax(1)
+    preds = decide(probs, decision)
     cell = np.zeros((len(targets), k * k))
     cell[np.arange(len(targets)), targets * k + preds] = 1.0
     cms = (weights @ cell).reshape(-1, k, k)  # (B, K, K) weighted confusion matrices
     s = confusion_scores(cms, positive)
     out = {m: s[m] for m in CI_METRICS if m in s}
     if not ordinal:
-        out.pop("kappa_quadratic", None)
+        for name in ORDINAL_METRICS:
+            out.pop(name, None)
     aucs = np.stack([weighted_auc(probs[:, c], targets == c, weights) for c in range(k)], 1)  # (B, K)
     n_defined = (~np.isnan(aucs)).sum(1)
     out["auroc"] = np.where(n_defined >= 2, nan_div(np.nansum(aucs, 1), n_defined), np.nan)
@@ -79,11 +86,15 @@ def bootstrap_ci(
     *,
     positive: int | None = None,
     ordinal: bool = False,
+    decision: str = "argmax",
     n_resamples: int = N_RESAMPLES,
     seed: int = 0,
     confidence: float = 0.95,
 ) -> dict[str, dict[str, Any]]:
     """Percentile confidence intervals of the metrics, resampling ``groups`` (patient ids).
+
+    ``decision`` makes the predictions as in
+    :func:`~ctcovid.metrics.metrics.classification_metrics` (``"median"`` for an ordinal head).
 
     Returns ``{metric: {"low", "high", "n_defined"}}``; a resample where a metric is undefined
     (e.g. no positives drawn) is left out of that metric's interval and ``n_defined`` counts the
@@ -96,7 +107,8 @@ def bootstrap_ci(
     w = patient_weights(groups, n_resamples, seed)
     alpha = (1 - confidence) / 2
     out: dict[str, dict[str, Any]] = {}
-    for name, values in resampled_scores(probs, targets, w, positive=positive, ordinal=ordinal).items():
+    scores = resampled_scores(probs, targets, w, positive=positive, ordinal=ordinal, decision=decision)
+    for name, values in scores.items():
         ok = values[~np.isnan(values)]
         low, high = (
             (float(np.quantile(ok, alpha)), float(np.quantile(ok, 1 - alpha))) if len(ok) else (None, None)

@@ -6,7 +6,9 @@
 Families: 3D ResNets (``r3d_*``, Hara et al. 2018), R(2+1)D (``r2plus1d_*``, Tran et al. 2018),
 COVID-Net CT-S (``ct_s*``, Aboutalebi et al. 2021) and the 2D slice baseline (``resnet50_2d``
 with :class:`SliceVoteModel`). Models take ``(B, C, D, H, W)`` (slices: ``(B, C, H, W)``) and
-return logits. This package imports only torch.
+return logits; with ``head="corn"`` (ordered classes such as severity grades) the logits are the
+class log-probabilities of the CORN ordinal head (:func:`~ctcovid.models.blocks.corn_log_probs`).
+This package imports only torch.
 """
 
 # Importing the family modules registers their builders.

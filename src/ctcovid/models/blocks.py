@@ -8,7 +8,9 @@ COVID-Net CT-S (:mod:`.ct_s`) and the 2D slice baseline (:mod:`.resnet2d`), the 
 * ``spatial_dims`` (2 or 3) picks ``Conv2d``/``Conv3d``, ``BatchNorm2d``/``3d``, pooling;
 * ``conv`` (a :data:`ConvBuilder`) builds the 3x3(x3) convolution inside a block, so R(2+1)D
   swaps in its factored convolution without copying the blocks;
-* ``stem`` builds any module mapping the input to ``stem_channels``.
+* ``stem`` builds any module mapping the input to ``stem_channels``;
+* ``head`` picks the output: plain logits (``"linear"``) or the ordinal CORN head (``"corn"``,
+  :func:`corn_log_probs`) for ordered classes such as severity grades.
 
 Parameter and buffer names follow torchvision/Hara/MONAI inside the blocks (``conv1``, ``bn1``,
 ...), so checkpoints from those code bases map onto ours by renaming a few keys
@@ -28,18 +30,23 @@ from torch.nn import functional as F
 from ctcovid.models.registry import ModelArgumentError
 
 __all__ = [
+    "HEADS",
     "BasicBlock",
     "Bottleneck",
     "ConvBuilder",
+    "HeadType",
     "ResNet",
     "ResNetStem",
     "ShortcutType",
     "ZeroPadShortcut",
     "conv_nd",
+    "corn_log_probs",
     "full_conv",
 ]
 
 ShortcutType = Literal["A", "B"]
+HeadType = Literal["linear", "corn"]
+HEADS: tuple[str, ...] = ("linear", "corn")
 
 #: ``conv(in_channels, out_channels, stride) -> module``: the 3x3(x3) convolution of a block,
 #: without bias (a BatchNorm follows, which would cancel it).
@@ -71,6 +78,28 @@ def full_conv(spatial_dims: int) -> ConvBuilder:
         return conv(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False)
 
     return build
+
+
+def corn_log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """Class log-probabilities ``(B, K)`` from the ``K - 1`` CORN logits ``(B, K - 1)``.
+
+    CORN (Shi, Cao & Raschka, "Deep neural networks for rank-consistent ordinal regression based
+    on conditional probabilities", arXiv:2111.08851, 2021) predicts the conditional probabilities ``sigmoid(l_k) = P(y > k | y > k - 1)``, so
+
+        P(y > k) = prod_{j <= k} sigmoid(l_j)      (non-increasing in k by construction)
+        log P(y = k) = sum_{j < k} logsigmoid(l_j) + logsigmoid(-l_k)
+
+    where the last class has no ``logsigmoid(-l_k)`` term (``log(1 - sigmoid(l)) =
+    logsigmoid(-l)``, stable for large ``|l|``). The result is normalised (``logsumexp`` is 0):
+    ``softmax`` of it gives the probabilities back and cross-entropy on it is the negative log
+    likelihood of the chain of conditional binary tasks, i.e. the CORN loss.
+    """
+    log_gt = F.logsigmoid(logits)  # (B, K-1) log P(y > k | y > k-1)
+    log_le = F.logsigmoid(-logits)  # (B, K-1) log P(y = k | y > k-1)
+    zero = logits.new_zeros(logits.shape[0], 1)
+    reach = torch.cat([zero, log_gt.cumsum(1)], 1)  # (B, K) log P(y > k - 1) = sum_{j<k} log_gt_j
+    stop = torch.cat([log_le, zero], 1)  # (B, K) the last class always stops
+    return reach + stop  # (B, K) log P(y = k)
 
 
 class ZeroPadShortcut(nn.Module):
@@ -217,7 +246,15 @@ class ResNetStem(nn.Sequential):
 class ResNet(nn.Module):
     """A ResNet trunk (four stages of residual blocks), global average pool, dropout, linear head.
 
-    The model returns logits ``(B, num_classes)``; softmax belongs to the loss or the predictor.
+    With ``head="linear"`` the model returns logits ``(B, num_classes)``; softmax belongs to the
+    loss or the predictor. With ``head="corn"`` (ordered classes: severity low < medium < high,
+    MosMed CT-0..4) the linear layer has ``num_classes - 1`` outputs, the CORN logits of Shi et
+    al. 2021 (see :func:`corn_log_probs`), and the model returns the class log-probabilities
+    ``log P(y = k)``, ``(B, num_classes)``. They are logits whose softmax is exactly those
+    probabilities, and cross-entropy on them is the CORN loss, so training, evaluation,
+    prediction, Grad-CAM and export treat both heads alike. What differs is the decision: an
+    ordinal head's grade is the median of its distribution (the CORN rank decoder, the number
+    of ``k`` with ``P(y > k) > 0.5``), not the argmax (``ctcovid.metrics.decide``).
     Builders in :mod:`.resnet3d`, :mod:`.r2plus1d`, :mod:`.ct_s` and :mod:`.resnet2d` fix the
     variants; use those (or :func:`~ctcovid.models.create_model`) rather than this class.
 
@@ -227,13 +264,15 @@ class ResNet(nn.Module):
         stem: Called with ``in_channels`` (after it is validated) to build the module mapping
             ``(B, in_channels, *spatial)`` to ``stem_channels`` channels.
         in_channels: Input channels (checked in ``forward`` for a readable error).
-        num_classes: Output logits.
+        num_classes: Number of classes, the width of the output.
         dropout: Dropout probability before the linear head (0 disables it).
         spatial_dims: 2 for slices ``(B, C, H, W)``, 3 for volumes ``(B, C, D, H, W)``.
         conv: Builder of the 3x3(x3) block convolution (default: a full convolution).
         shortcut: "A" zero-padding or "B" projection where a block changes shape.
         widths: Block widths of the four stages (multiplied by the block expansion).
         stem_channels: Channels the stem outputs.
+        head: ``"linear"`` (logits) or ``"corn"`` (ordinal; log-probabilities, needs
+            ``num_classes >= 2``). Readable afterwards as the attribute ``head``.
     """
 
     #: Submodule whose activations Grad-CAM uses: the last stage, before pooling.
@@ -253,10 +292,17 @@ class ResNet(nn.Module):
         shortcut: ShortcutType = "B",
         widths: Sequence[int] = (64, 128, 256, 512),
         stem_channels: int = 64,
+        head: HeadType = "linear",
     ) -> None:
         super().__init__()
         _check_positive("in_channels", in_channels)
         _check_positive("num_classes", num_classes)
+        if head not in HEADS:
+            raise ModelArgumentError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+        if head == "corn" and num_classes < 2:
+            raise ModelArgumentError(
+                f"head='corn' ranks ordered classes and needs num_classes >= 2, got {num_classes}"
+            )
         if not 0.0 <= dropout < 1.0:
             raise ModelArgumentError(f"dropout must be in [0, 1), got {dropout!r}")
         if len(layers) != 4 or len(widths) != 4:
@@ -266,6 +312,7 @@ class ResNet(nn.Module):
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.spatial_dims = spatial_dims
+        self.head: HeadType = head
         conv = conv or full_conv(spatial_dims)
 
         self.stem = stem(in_channels)
@@ -291,7 +338,8 @@ class ResNet(nn.Module):
         self.num_features = channels
         self.pool = _pick(spatial_dims, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)(1)
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(channels, num_classes)
+        # CORN: one conditional binary task per boundary between neighbouring classes.
+        self.fc = nn.Linear(channels, num_classes - 1 if head == "corn" else num_classes)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -322,7 +370,12 @@ class ResNet(nn.Module):
         x = self.forward_features(x)
         x = self.pool(x).flatten(1)  # (B, num_features)
         x = self.dropout(x)
-        return self.fc(x)  # (B, num_classes) logits
+        return self.head_output(self.fc(x))  # (B, num_classes)
+
+    def head_output(self, fc_out: torch.Tensor) -> torch.Tensor:
+        """What ``forward`` returns for the output of ``fc``: the logits themselves for the
+        linear head, the class log-probabilities :func:`corn_log_probs` for the CORN head."""
+        return corn_log_probs(fc_out) if self.head == "corn" else fc_out
 
     def _check_input(self, x: torch.Tensor) -> None:
         if torch.jit.is_tracing():

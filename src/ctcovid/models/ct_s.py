@@ -27,7 +27,7 @@ What the paper leaves open, and what we chose:
 
 from __future__ import annotations
 
-from ctcovid.models.blocks import Bottleneck
+from ctcovid.models.blocks import Bottleneck, HeadType
 from ctcovid.models.registry import InputSpec, register_model
 from ctcovid.models.resnet3d import ResNet3d
 
@@ -51,6 +51,7 @@ class CovidNetCTS(ResNet3d):
         dropout: float,
         conv1_depth_kernel: int,
         conv1_depth_stride: int,
+        head: HeadType = "linear",
     ) -> None:
         super().__init__(
             block=Bottleneck,
@@ -61,6 +62,7 @@ class CovidNetCTS(ResNet3d):
             shortcut="B",
             conv1_depth_kernel=conv1_depth_kernel,
             conv1_depth_stride=conv1_depth_stride,
+            head=head,
         )
 
 
@@ -72,6 +74,7 @@ def ct_s50(
     dropout: float = 0.5,
     conv1_depth_kernel: int = 7,
     conv1_depth_stride: int = 1,
+    head: HeadType = "linear",
 ) -> CovidNetCTS:
     """COVID-Net CT-S50 (Aboutalebi et al. 2021): 16 3D bottleneck blocks [3, 4, 6, 3], dropout 0.5."""
     return CovidNetCTS(
@@ -81,6 +84,7 @@ def ct_s50(
         dropout=dropout,
         conv1_depth_kernel=conv1_depth_kernel,
         conv1_depth_stride=conv1_depth_stride,
+        head=head,
     )
 
 
@@ -92,6 +96,7 @@ def ct_s100(
     dropout: float = 0.5,
     conv1_depth_kernel: int = 7,
     conv1_depth_stride: int = 1,
+    head: HeadType = "linear",
 ) -> CovidNetCTS:
     """COVID-Net CT-S100 (Aboutalebi et al. 2021): 33 3D bottleneck blocks [3, 4, 23, 3], dropout 0.5."""
     return CovidNetCTS(
@@ -101,6 +106,7 @@ def ct_s100(
         dropout=dropout,
         conv1_depth_kernel=conv1_depth_kernel,
         conv1_depth_stride=conv1_depth_stride,
+        head=head,
     )
 
 
@@ -112,6 +118,7 @@ def ct_s152(
     dropout: float = 0.5,
     conv1_depth_kernel: int = 7,
     conv1_depth_stride: int = 1,
+    head: HeadType = "linear",
 ) -> CovidNetCTS:
     """COVID-Net CT-S152 (Aboutalebi et al. 2021): 50 3D bottleneck blocks [3, 8, 36, 3], dropout 0.5.
 
@@ -124,4 +131,5 @@ def ct_s152(
         dropout=dropout,
         conv1_depth_kernel=conv1_depth_kernel,
         conv1_depth_stride=conv1_depth_stride,
+        head=head,
     )

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from ctcovid.models.blocks import BasicBlock, ResNet, ShortcutType
+from ctcovid.models.blocks import BasicBlock, HeadType, ResNet, ShortcutType
 from ctcovid.models.registry import register_model
 
 __all__ = ["Conv2Plus1d", "R2Plus1dStem", "mid_channels", "r2plus1d", "r2plus1d_18", "r2plus1d_34"]
@@ -86,6 +86,7 @@ def r2plus1d(
     num_classes: int,
     dropout: float,
     shortcut: ShortcutType,
+    head: HeadType = "linear",
 ) -> ResNet:
     """An R(2+1)D network with basic blocks; ``layers`` blocks per stage."""
     return ResNet(
@@ -98,27 +99,48 @@ def r2plus1d(
         spatial_dims=3,
         conv=Conv2Plus1d,
         shortcut=shortcut,
+        head=head,
     )
 
 
 @register_model
 def r2plus1d_18(
-    *, in_channels: int = 1, num_classes: int = 3, dropout: float = 0.0, shortcut: ShortcutType = "B"
+    *,
+    in_channels: int = 1,
+    num_classes: int = 3,
+    dropout: float = 0.0,
+    shortcut: ShortcutType = "B",
+    head: HeadType = "linear",
 ) -> ResNet:
     """R(2+1)D-18 (Tran et al. 2018), basic blocks [2, 2, 2, 2]; diagnosis paper Table 7.
 
     Projection shortcuts (type B) by default, as in Tran et al. and torchvision.
     """
     return r2plus1d(
-        [2, 2, 2, 2], in_channels=in_channels, num_classes=num_classes, dropout=dropout, shortcut=shortcut
+        [2, 2, 2, 2],
+        in_channels=in_channels,
+        num_classes=num_classes,
+        dropout=dropout,
+        shortcut=shortcut,
+        head=head,
     )
 
 
 @register_model
 def r2plus1d_34(
-    *, in_channels: int = 1, num_classes: int = 3, dropout: float = 0.0, shortcut: ShortcutType = "B"
+    *,
+    in_channels: int = 1,
+    num_classes: int = 3,
+    dropout: float = 0.0,
+    shortcut: ShortcutType = "B",
+    head: HeadType = "linear",
 ) -> ResNet:
     """R(2+1)D-34 (Tran et al. 2018), basic blocks [3, 4, 6, 3]; diagnosis paper Table 7."""
     return r2plus1d(
-        [3, 4, 6, 3], in_channels=in_channels, num_classes=num_classes, dropout=dropout, shortcut=shortcut
+        [3, 4, 6, 3],
+        in_channels=in_channels,
+        num_classes=num_classes,
+        dropout=dropout,
+        shortcut=shortcut,
+        head=head,
     )

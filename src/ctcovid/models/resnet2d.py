@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ctcovid.models.blocks import Bottleneck, ResNet, ResNetStem
+from ctcovid.models.blocks import Bottleneck, HeadType, ResNet, ResNetStem
 from ctcovid.models.registry import InputSpec, ModelArgumentError, register_model
 
 __all__ = ["AggregationMethod", "SliceVoteModel", "aggregate_slices", "resnet50_2d"]
@@ -32,7 +32,9 @@ _METHODS = ("majority", "mean")
 
 
 @register_model(default_input=InputSpec(in_channels=1, size=(128, 128)))
-def resnet50_2d(*, in_channels: int = 1, num_classes: int = 3, dropout: float = 0.0) -> ResNet:
+def resnet50_2d(
+    *, in_channels: int = 1, num_classes: int = 3, dropout: float = 0.0, head: HeadType = "linear"
+) -> ResNet:
     """2D ResNet-50 (He et al. 2016) on single slices ``(B, C, H, W)``: the severity paper's baseline.
 
     7x7 stride-2 stem, 3x3 max-pool, bottlenecks [3, 4, 6, 3] with projection shortcuts; with
@@ -47,6 +49,7 @@ def resnet50_2d(*, in_channels: int = 1, num_classes: int = 3, dropout: float = 
         dropout=dropout,
         spatial_dims=2,
         shortcut="B",
+        head=head,
     )
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import partial
 
-from ctcovid.models.blocks import BasicBlock, Bottleneck, ResNet, ResNetStem, ShortcutType
+from ctcovid.models.blocks import BasicBlock, Bottleneck, HeadType, ResNet, ResNetStem, ShortcutType
 from ctcovid.models.registry import ModelArgumentError, register_model
 
 __all__ = [
@@ -45,7 +45,7 @@ class ResNet3d(ResNet):
         block: :class:`~.blocks.BasicBlock` or :class:`~.blocks.Bottleneck`.
         layers: Blocks per stage.
         in_channels: Input channels (1 for a HU-windowed CT volume).
-        num_classes: Output logits.
+        num_classes: Number of classes.
         dropout: Dropout before the classifier.
         shortcut: "A" (zero padding) or "B" (1x1x1 projection) where a block changes shape.
         conv1_depth_kernel: Depth extent of the 7x7 first convolution (Hara/MONAI
@@ -53,6 +53,8 @@ class ResNet3d(ResNet):
         conv1_depth_stride: Depth stride of the first convolution (``conv1_t_stride``); 1 in
             Table 3 so thin stacks of slices (the paper's best used depth 4) keep their depth.
         max_pool: Whether the stem ends with the 3x3x3 stride-2 max-pool (Table 3: yes).
+        head: ``"linear"`` logits or ``"corn"`` ordinal log-probabilities (see
+            :class:`~.blocks.ResNet`).
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class ResNet3d(ResNet):
         conv1_depth_kernel: int = 7,
         conv1_depth_stride: int = 1,
         max_pool: bool = True,
+        head: HeadType = "linear",
     ) -> None:
         for name, value in (
             ("conv1_depth_kernel", conv1_depth_kernel),
@@ -93,6 +96,7 @@ class ResNet3d(ResNet):
             dropout=dropout,
             spatial_dims=3,
             shortcut=shortcut,
+            head=head,
         )
 
 
@@ -114,6 +118,7 @@ def r3d_10(
     conv1_depth_kernel: int = 7,
     conv1_depth_stride: int = 1,
     max_pool: bool = True,
+    head: HeadType = "linear",
 ) -> ResNet3d:
     """3D ResNet-10 (Hara et al. 2018), basic blocks [1, 1, 1, 1]."""
     return _basic(
@@ -125,6 +130,7 @@ def r3d_10(
         conv1_depth_kernel=conv1_depth_kernel,
         conv1_depth_stride=conv1_depth_stride,
         max_pool=max_pool,
+        head=head,
     )
 
 
@@ -138,6 +144,7 @@ def r3d_18(
     conv1_depth_kernel: int = 7,
     conv1_depth_stride: int = 1,
     max_pool: bool = True,
+    head: HeadType = "linear",
 ) -> ResNet3d:
     """3D ResNet-18 (Hara et al. 2018), basic blocks [2, 2, 2, 2]: the diagnosis paper's best (Tables 3, 7)."""
     return _basic(
@@ -149,6 +156,7 @@ def r3d_18(
         conv1_depth_kernel=conv1_depth_kernel,
         conv1_depth_stride=conv1_depth_stride,
         max_pool=max_pool,
+        head=head,
     )
 
 
@@ -162,6 +170,7 @@ def r3d_34(
     conv1_depth_kernel: int = 7,
     conv1_depth_stride: int = 1,
     max_pool: bool = True,
+    head: HeadType = "linear",
 ) -> ResNet3d:
     """3D ResNet-34 (Hara et al. 2018), basic blocks [3, 4, 6, 3]; diagnosis paper Table 3."""
     return _basic(
@@ -173,6 +182,7 @@ def r3d_34(
         conv1_depth_kernel=conv1_depth_kernel,
         conv1_depth_stride=conv1_depth_stride,
         max_pool=max_pool,
+        head=head,
     )
 
 
@@ -186,6 +196,7 @@ def r3d_50(
     conv1_depth_kernel: int = 7,
     conv1_depth_stride: int = 1,
     max_pool: bool = True,
+    head: HeadType = "linear",
 ) -> ResNet3d:
     """3D ResNet-50 (Hara et al. 2018), bottlenecks [3, 4, 6, 3]; diagnosis paper Table 3."""
     return _bottleneck(
@@ -197,6 +208,7 @@ def r3d_50(
         conv1_depth_kernel=conv1_depth_kernel,
         conv1_depth_stride=conv1_depth_stride,
         max_pool=max_pool,
+        head=head,
     )
 
 
@@ -210,6 +222,7 @@ def r3d_101(
     conv1_depth_kernel: int = 7,
     conv1_depth_stride: int = 1,
     max_pool: bool = True,
+    head: HeadType = "linear",
 ) -> ResNet3d:
     """3D ResNet-101 (Hara et al. 2018), bottlenecks [3, 4, 23, 3]."""
     return _bottleneck(
@@ -221,6 +234,7 @@ def r3d_101(
         conv1_depth_kernel=conv1_depth_kernel,
         conv1_depth_stride=conv1_depth_stride,
         max_pool=max_pool,
+        head=head,
     )
 
 
@@ -234,6 +248,7 @@ def r3d_152(
     conv1_depth_kernel: int = 7,
     conv1_depth_stride: int = 1,
     max_pool: bool = True,
+    head: HeadType = "linear",
 ) -> ResNet3d:
     """3D ResNet-152 (Hara et al. 2018), bottlenecks [3, 8, 36, 3]."""
     return _bottleneck(
@@ -245,6 +260,7 @@ def r3d_152(
         conv1_depth_kernel=conv1_depth_kernel,
         conv1_depth_stride=conv1_depth_stride,
         max_pool=max_pool,
+        head=head,
     )
 
 
@@ -258,6 +274,7 @@ def r3d_200(
     conv1_depth_kernel: int = 7,
     conv1_depth_stride: int = 1,
     max_pool: bool = True,
+    head: HeadType = "linear",
 ) -> ResNet3d:
     """3D ResNet-200 (Hara et al. 2018), bottlenecks [3, 24, 36, 3]."""
     return _bottleneck(
@@ -269,4 +286,5 @@ def r3d_200(
         conv1_depth_kernel=conv1_depth_kernel,
         conv1_depth_stride=conv1_depth_stride,
         max_pool=max_pool,
+        head=head,
     )

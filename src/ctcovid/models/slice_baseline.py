@@ -19,7 +19,7 @@ from functools import partial
 
 import torch
 
-from ctcovid.models.blocks import Bottleneck, ResNet, ResNetStem
+from ctcovid.models.blocks import Bottleneck, HeadType, ResNet, ResNetStem
 from ctcovid.models.registry import InputSpec, ModelArgumentError, register_model
 
 __all__ = ["SliceResNet", "resnet50_2d_slices"]
@@ -54,13 +54,16 @@ class SliceResNet(ResNet):
             )
         b, d = x.shape[0], x.shape[2]
         f = self.pool(self.forward_features(x)).flatten(1)  # (B * D, num_features)
-        logits = self.fc(self.dropout(f)).reshape(b, d, -1)  # (B, D, K)
-        # The mean of slice logits: with D = 1 (training on slices) the slice's own logits.
-        return logits.mean(1)  # (B, K)
+        logits = self.fc(self.dropout(f)).reshape(b, d, -1)  # (B, D, K), or (B, D, K - 1) for CORN
+        # The mean of slice logits: with D = 1 (training on slices) the slice's own logits. The
+        # CORN head averages its K - 1 conditional logits, then turns them into probabilities.
+        return self.head_output(logits.mean(1))  # (B, K)
 
 
 @register_model(default_input=InputSpec(in_channels=1, size=(1, 128, 128)))
-def resnet50_2d_slices(*, in_channels: int = 1, num_classes: int = 3, dropout: float = 0.0) -> SliceResNet:
+def resnet50_2d_slices(
+    *, in_channels: int = 1, num_classes: int = 3, dropout: float = 0.0, head: HeadType = "linear"
+) -> SliceResNet:
     """2D ResNet-50 (He et al. 2016) per slice of ``(B, C, D, H, W)``: the severity paper's 2D baseline.
 
     Same layers and weights as ``resnet50_2d``; returns the mean of the slices' logits. Train
@@ -75,4 +78,5 @@ def resnet50_2d_slices(*, in_channels: int = 1, num_classes: int = 3, dropout: f
         num_classes=num_classes,
         dropout=dropout,
         shortcut="B",
+        head=head,
     )

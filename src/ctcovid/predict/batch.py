@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from ctcovid.predict.inputs import open_scan
-from ctcovid.predict.result import Prediction, Progress
+from ctcovid.predict.result import ChunkOutputs, Prediction, Progress
 from ctcovid.preprocess.depth import Chunk
 
 if TYPE_CHECKING:
+    from ctcovid.predict.quality import QualityReport
     from ctcovid.preprocess.pipeline import Preprocessed
     from ctcovid.types import Volume
 
@@ -31,18 +32,21 @@ class Model(Protocol):
     task: str
     batch_size: int
 
+    def check(self, volume: Volume) -> QualityReport | None: ...
+
     def prepare(self, volume: Volume, scan_id: str = ...) -> tuple[Preprocessed, list[Chunk]]: ...
 
-    def forward_probs(self, arrays: Sequence[np.ndarray]) -> np.ndarray: ...
+    def forward(self, arrays: Sequence[np.ndarray]) -> ChunkOutputs: ...
 
     def assemble(
         self,
         scan_id: str,
         warnings: list[str],
         chunks: list[Chunk],
-        probs: np.ndarray,
+        out: ChunkOutputs | None,
         timings: dict[str, float],
         path: str | None,
+        quality: QualityReport | None = ...,
     ) -> Prediction: ...
 
 
@@ -51,8 +55,9 @@ class _Loaded:
     """A scan read and preprocessed, waiting for the network."""
 
     warnings: list[str]  # the volume itself is dropped as soon as it is preprocessed
-    chunks: list[Chunk]
+    chunks: list[Chunk]  # empty when a blocking quality check failed
     timings_s: dict[str, float]
+    quality: QualityReport | None
 
 
 class BatchRun:
@@ -67,7 +72,7 @@ class BatchRun:
     ) -> None:
         self.p, self.jobs, self.results, self.progress = predictor, jobs, results, progress
         self.loaded: dict[int, _Loaded] = {}
-        self.probs: dict[int, list[np.ndarray | None]] = {}
+        self.outs: dict[int, list[ChunkOutputs | None]] = {}
         self.pending: list[tuple[int, int]] = []  # (job index, chunk index)
         self.done = 0
 
@@ -88,7 +93,10 @@ class BatchRun:
                 self._finish(i, Prediction.failure(sid, e, task=self.p.task, path=path))
                 continue
             self.loaded[i] = loaded
-            self.probs[i] = [None] * len(loaded.chunks)
+            if not loaded.chunks:  # not assessable: answered without the network
+                self._complete(i)
+                continue
+            self.outs[i] = [None] * len(loaded.chunks)
             self.pending.extend((i, c) for c in range(len(loaded.chunks)))
             self._flush(force=False)
         self._flush(force=True)
@@ -104,9 +112,14 @@ class BatchRun:
         t0 = time.perf_counter()
         with open_scan(path) as volume:
             t1 = time.perf_counter()
+            quality = self.p.check(volume)
+            t2 = time.perf_counter()
+            timings = {"read": t1 - t0, "quality": t2 - t1}
+            if quality is not None and not quality.ok:
+                return _Loaded(list(volume.warnings), [], timings, quality)
             pre, chunks = self.p.prepare(volume, scan_id)
-        timings = {"read": t1 - t0, "preprocess": time.perf_counter() - t1}
-        return _Loaded([*volume.warnings, *pre.warnings], chunks, timings)
+        timings["preprocess"] = time.perf_counter() - t2
+        return _Loaded([*volume.warnings, *pre.warnings], chunks, timings, quality)
 
     def _flush(self, *, force: bool) -> None:
         bs = self.p.batch_size
@@ -117,7 +130,7 @@ class BatchRun:
                 continue
             t0 = time.perf_counter()
             try:
-                probs = self.p.forward_probs([self.loaded[i].chunks[c].array for i, c in alive])
+                out = self.p.forward([self.loaded[i].chunks[c].array for i, c in alive])
             except Exception as e:  # e.g. out of memory: fail these scans, keep going
                 log.debug("batch failed", exc_info=True)
                 for i in sorted({i for i, _ in alive}):
@@ -126,19 +139,22 @@ class BatchRun:
                     self._finish(i, Prediction.failure(sid, e, task=self.p.task, path=path))
                 continue
             share = (time.perf_counter() - t0) / len(alive)
-            for (i, c), pr in zip(alive, probs):
-                self.probs[i][c] = pr
+            for k, (i, c) in enumerate(alive):
+                self.outs[i][c] = out.row(k)
                 t = self.loaded[i].timings_s
                 t["inference"] = t.get("inference", 0.0) + share
             for i in sorted({i for i, _ in alive}):
-                if all(p is not None for p in self.probs[i]):
+                if all(o is not None for o in self.outs[i]):
                     self._complete(i)
 
     def _complete(self, i: int) -> None:
         loaded = self.loaded.pop(i)
         sid, path, _ = self.jobs[i]
-        probs = np.stack([p for p in self.probs.pop(i) if p is not None])
-        pred = self.p.assemble(sid, loaded.warnings, loaded.chunks, probs, loaded.timings_s, str(path))
+        parts = [o for o in self.outs.pop(i, []) if o is not None]
+        out = ChunkOutputs.concat(parts) if parts else None
+        pred = self.p.assemble(
+            sid, loaded.warnings, loaded.chunks, out, loaded.timings_s, str(path), loaded.quality
+        )
         self._finish(i, pred)
 
     def _finish(self, i: int, pred: Prediction) -> None:

@@ -59,9 +59,8 @@ def build_sr(
     from pydicom.sr.codedict import codes
 
     if not prediction.ok or prediction.label is None:
-        raise CtcovidError(
-            f"scan '{prediction.scan_id}' has no prediction ({prediction.error}); no report written"
-        )
+        why = prediction.error or "; ".join(prediction.refer_reasons) or "no label"
+        raise CtcovidError(f"scan '{prediction.scan_id}' has no prediction ({why}); no report written")
     what, sha = checkpoint_identity(predictor)
     version = _version()
     labels = list(prediction.probs)
@@ -207,8 +206,16 @@ def _notes(
             )
         )
     fields = prediction.to_dict()
-    for key, meaning in (("quality", "Input quality"), ("refer", "Referral")):
+    for key, meaning in (
+        ("quality", "Input quality"),
+        ("ood_score", "Out-of-distribution score"),
+        ("uncertainty", "Uncertainty"),
+        ("refer", "Referral"),
+        ("refer_reasons", "Referral reasons"),
+    ):
         value = fields.get(key, getattr(prediction, key, None))
+        if key == "quality" and isinstance(value, dict):  # the contract's two fields, not the statistics
+            value = {"ok": value.get("ok"), "problems": value.get("problems", [])}
         if value is not None:
             value = value if isinstance(value, str) else json.dumps(value, default=str, sort_keys=True)
             items.append(text(_code(key.upper()[:16], meaning), value, contains))

@@ -201,6 +201,10 @@ def _baseline(predictor: Predictor, units: Units, kind: str) -> torch.Tensor | f
     return torch.from_numpy(values[None]).to(predictor.device)
 
 
+class NotAssessableError(CtcovidError, ValueError):
+    """A blocking scan quality check failed (the reasons are in the message)."""
+
+
 def explain(
     predictor: Predictor,
     volume: Volume,
@@ -232,9 +236,17 @@ def explain(
             f"layer={layer!r} applies to {' and '.join(GRADCAM_METHODS)} only; "
             f"'{method}' works on the input: drop the layer or pick method='gradcam'"
         )
+    quality = predictor.check(volume)
+    if quality is not None and not quality.ok:
+        raise NotAssessableError(
+            f"scan '{scan_id}' is not assessable, so there is nothing to explain: "
+            + "; ".join(quality.blocking)
+        )
     pre, chunks = predictor.prepare(volume, scan_id)
-    probs = predictor.forward_probs([c.array for c in chunks])
-    prediction = predictor.assemble(scan_id, [*volume.warnings, *pre.warnings], chunks, probs, {}, None)
+    out = predictor.forward([c.array for c in chunks])
+    prediction = predictor.assemble(
+        scan_id, [*volume.warnings, *pre.warnings], chunks, out, {}, None, quality
+    )
     if target is None:
         target = prediction.label
     if target not in predictor.labels:

@@ -49,7 +49,7 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise MissingExtraError(e.name or "fastapi", "serve") from e
 
-from ctcovid.predict.explain import BASELINES, CAM_METHODS, RESTRICTIONS, explain
+from ctcovid.predict.explain import BASELINES, CAM_METHODS, RESTRICTIONS, NotAssessableError, explain
 from ctcovid.predict.inputs import ZipLimits, open_scan
 from ctcovid.predict.predictor import Predictor
 from ctcovid.serve.page import PAGE
@@ -305,16 +305,26 @@ def create_app(checkpoint: str | Path | Predictor, settings: ServeSettings | Non
 
         def job(scan: Path, work: Path) -> Response:
             with open_scan(scan, tmp_dir=work, zip_limits=limits) as volume:
-                e = explain(
-                    predictor,
-                    volume,
-                    scan_id="upload",
-                    method=method,
-                    layer=layer,
-                    target=target,
-                    restrict=restrict,
-                    baseline=baseline,
-                )
+                try:
+                    e = explain(
+                        predictor,
+                        volume,
+                        scan_id="upload",
+                        method=method,
+                        layer=layer,
+                        target=target,
+                        restrict=restrict,
+                        baseline=baseline,
+                    )
+                except NotAssessableError:
+                    if format != "json":
+                        raise  # 422 with the reasons: there is no heatmap to send
+                    # JSON: the answer "not assessable" with its reasons, and no heatmap.
+                    pred = predictor.predict(volume, "upload").to_dict()
+                    pred.pop("path", None)
+                    return JSONResponse(
+                        {"prediction": pred, "montage_png": None, "seconds": time.perf_counter() - t0}
+                    )
                 if format == "dicom":  # inside the with block: the input's files exist only here
                     return _dicom_zip(
                         e, work, {"X-Ctcovid-Label": str(e.prediction.label), "X-Ctcovid-Target": e.target}

@@ -52,7 +52,9 @@ research model's output, not a diagnosis: check the heatmap against the images.<
 <div id="status" data-state="idle"></div>
 <section id="result" hidden>
   <div>Predicted: <span id="label"></span> <span class="muted" id="task"></span></div>
+  <div id="refer" hidden></div>
   <table id="probs"></table>
+  <div id="trust" class="muted"></div>
   <div id="warnings"></div>
   <img id="montage" alt="Heatmap montage: the most activated axial slices with the heatmap over the CT">
 </section>
@@ -98,15 +100,33 @@ $("form").addEventListener("submit", async (ev) => {
       return;
     }
     const p = data.prediction;
-    $("label").textContent = p.label;
-    $("task").textContent = `(${p.task}; heatmap for ${data.target}, ${data.method} on ${data.layer})`;
+    const assessable = p.label !== null;
+    $("label").textContent = assessable ? p.label : "not assessable";
+    $("task").textContent = assessable
+      ? `(${p.task}; heatmap for ${data.target}, ${data.method} on ${data.layer})` : `(${p.task})`;
+    $("refer").hidden = !p.refer;
+    $("refer").className = "warn";
+    $("refer").textContent = p.refer ? "Refer to a radiologist: " + p.refer_reasons.join("; ") : "";
     const tbl = $("probs");
     tbl.replaceChildren(...Object.entries(p.probs).map(([k, v]) => row(k, v, k === p.label)));
-    $("warnings").replaceChildren(...p.warnings.map((w) => {
-      const d = document.createElement("div"); d.className = "warn"; d.textContent = "warning: " + w; return d;
+    const num = (v) => (v === null || v === undefined) ? "n/a" : v.toFixed(2);
+    $("trust").textContent = assessable
+      ? `out-of-distribution score ${num(p.ood_score)} (above 1: unlike the training scans); ` +
+        `uncertainty ${num(p.uncertainty)} (0 certain, 1 uniform)` : "";
+    const notes = [...((p.quality && p.quality.problems) || []).map((w) => "quality: " + w),
+                   ...p.warnings.filter((w) => !(p.quality && p.quality.problems.includes(w)))
+                                .map((w) => "warning: " + w)];
+    $("warnings").replaceChildren(...notes.map((w) => {
+      const d = document.createElement("div"); d.className = "warn"; d.textContent = w; return d;
     }));
-    $("montage").onload = () => setStatus("done", `done in ${data.seconds.toFixed(1)} s`);
-    $("montage").src = "data:image/png;base64," + data.montage_png;
+    if (data.montage_png) {
+      $("montage").hidden = false;
+      $("montage").onload = () => setStatus("done", `done in ${data.seconds.toFixed(1)} s`);
+      $("montage").src = "data:image/png;base64," + data.montage_png;
+    } else {
+      $("montage").hidden = true;
+      setStatus("done", `not assessable (${data.seconds.toFixed(1)} s)`);
+    }
     $("result").hidden = false;
   } catch (e) {
     setStatus("error", "request failed: " + e);

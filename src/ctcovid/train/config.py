@@ -1,4 +1,5 @@
-"""The run configuration: one TOML file with ``[data]``, ``[preprocess]``, ``[model]``, ``[train]``.
+"""The run configuration: one TOML file with ``[data]``, ``[preprocess]``, ``[model]``, ``[train]``
+and ``[reliability]`` (what is fitted after training for calibrated, referable answers).
 
 Everything is validated before any work starts; an unknown key, a wrong type, an unknown model or a
 missing manifest fails with a message that names the key and the valid options. See
@@ -90,11 +91,36 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ReliabilityConfig:
+    """``[reliability]`` of a run config: what is fitted after training (see the module docstring)."""
+
+    enabled: bool = True
+    ood_method: Literal["mahalanobis", "energy"] = "mahalanobis"  # measured in bench/RESULTS.md
+    # Share of in-distribution validation scans accepted: the threshold is this quantile of their scores.
+    ood_quantile: float = 0.95
+    # Normalised entropy of the answer above which it is referred (0.6: e.g. 0.8 / 0.1 / 0.1 of 3 classes
+    # is 0.58, an even split between two classes 0.63).
+    refer_uncertainty: float = 0.6
+    train_samples: int = 2000  # training inputs (random subset) whose features fit the density
+
+    def __post_init__(self) -> None:
+        if not 0.5 <= self.ood_quantile < 1.0:
+            raise ConfigError(f"reliability.ood_quantile must be in [0.5, 1), got {self.ood_quantile}")
+        if not 0.0 < self.refer_uncertainty <= 1.0:
+            raise ConfigError(
+                f"reliability.refer_uncertainty must be in (0, 1], got {self.refer_uncertainty}"
+            )
+        if self.train_samples < 2:
+            raise ConfigError(f"reliability.train_samples must be >= 2, got {self.train_samples}")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    reliability: ReliabilityConfig = field(default_factory=ReliabilityConfig)
 
     def to_dict(self) -> dict[str, Any]:
         d = to_dict(self)
@@ -104,7 +130,7 @@ class RunConfig:
 
 def run_config_from_dict(data: dict[str, Any], base_dir: str | Path = ".") -> RunConfig:
     """Validate a config dict; relative data paths are resolved against ``base_dir``."""
-    known = {"data", "preprocess", "model", "train"}
+    known = {"data", "preprocess", "model", "train", "reliability"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown section(s) {unknown}; valid sections: {', '.join(sorted(known))}")
@@ -126,15 +152,47 @@ def run_config_from_dict(data: dict[str, Any], base_dir: str | Path = ".") -> Ru
         raise ConfigError(f"[preprocess]: {e}") from e
     mcfg = from_dict(ModelConfig, data.get("model", {}), "model")
     tcfg = from_dict(TrainConfig, data.get("train", {}), "train")
-    _check_model(mcfg)
-    return RunConfig(data=dcfg, preprocess=pcfg, model=mcfg, train=tcfg)
+    rcfg = from_dict(ReliabilityConfig, data.get("reliability", {}), "reliability")
+    _check_model(mcfg, dcfg)
+    return RunConfig(data=dcfg, preprocess=pcfg, model=mcfg, train=tcfg, reliability=rcfg)
 
 
-def _check_model(m: ModelConfig) -> None:
-    from ctcovid.models import list_models
+def _check_model(m: ModelConfig, d: DataConfig) -> None:
+    from ctcovid.models import list_models, model_info
+    from ctcovid.models.blocks import HEADS
 
     if m.name not in list_models():
         raise ConfigError(f"model.name: unknown model {m.name!r}; available: {', '.join(list_models())}")
+    valid = model_info(m.name).arguments
+    unknown = sorted(set(m.kwargs) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"model.kwargs: {', '.join(map(repr, unknown))} is not an argument of {m.name}; "
+            f"valid: {', '.join(sorted(valid))}"
+        )
+    head = m.kwargs.get("head", "linear")
+    if head not in HEADS:
+        raise ConfigError(f"model.kwargs.head: {head!r} is not one of {', '.join(HEADS)}")
+    if head == "corn":
+        _check_ordinal_labels(d)
+
+
+def _check_ordinal_labels(d: DataConfig) -> None:
+    """An ordinal head ranks the labels in their listed order: they must be ordered classes."""
+    if d.task == "diagnosis" and not d.labels:
+        raise ConfigError(
+            "model.kwargs.head = 'corn' needs ordered classes, but data.task = 'diagnosis' "
+            f"({', '.join(TASK_LABELS['diagnosis'])}) has no order; use data.task = 'severity', or "
+            "'custom' with data.labels listed from the lowest grade to the highest"
+        )
+    if d.task == "custom" and not d.labels:
+        return  # data.label_names() reports the missing labels when the run starts
+    labels = d.label_names()
+    if len(labels) < 2:
+        raise ConfigError(
+            f"model.kwargs.head = 'corn' ranks ordered classes and needs at least 2, "
+            f"data.labels has {list(labels)}"
+        )
 
 
 def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:

@@ -151,6 +151,49 @@ def evaluate(
     return loss_sum / n, torch.cat(probs), torch.cat(targets), metas
 
 
+@dataclass
+class Inference:
+    """What :func:`infer` returns: one row per sample."""
+
+    logits: torch.Tensor  # (N, K), float32 on CPU
+    features: torch.Tensor  # (N, F): pooled features before the head (for out-of-distribution scores)
+    targets: torch.Tensor  # (N,)
+    metas: list[dict[str, Any]]
+
+
+@torch.inference_mode()
+def infer(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]],
+    opts: StepOptions,
+    max_samples: int | None = None,
+) -> Inference:
+    """Logits and pooled features of every sample (at most ``max_samples``), in eval mode."""
+    from ctcovid.models.features import forward_with_features
+
+    model.eval()
+    logits, feats, targets, metas = [], [], [], []
+    n = 0
+    for x, y, meta in loader:
+        with _autocast(opts):
+            z, f = forward_with_features(model, _to_device(x, opts))
+        if f is None:
+            raise TypeError(f"{type(model).__name__} has no 'pool' module: no features to take")
+        logits.append(z.float().cpu())
+        feats.append(f.float().cpu())
+        targets.append(y.cpu())
+        metas += [
+            {k: (v[j].item() if torch.is_tensor(v) else v[j]) for k, v in meta.items()}
+            for j in range(y.shape[0])
+        ]
+        n += y.shape[0]
+        if max_samples is not None and n >= max_samples:
+            break
+    if not targets:
+        return Inference(torch.empty(0, 0), torch.empty(0, 0), torch.empty(0, dtype=torch.long), [])
+    return Inference(torch.cat(logits), torch.cat(feats), torch.cat(targets), metas)
+
+
 @torch.no_grad()
 def recompute_bn_stats(
     model: nn.Module,
