@@ -78,8 +78,35 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             f"  excluded {excluded['count']} scan(s) that give no model input (in metrics.json and the "
             f"report), e.g. {first['scan_id']}: {first['reason']}"
         )
+    for line in trust_lines(result):
+        print(f"  {line}")
     print(f"report: {written['report_html']}  (also report.md, metrics.json, {len(written) - 3} plots)")
     return 0
+
+
+def trust_lines(result: dict[str, Any]) -> list[str]:
+    """Calibration and referral in two lines (evaluate and the demo print them)."""
+    cal, ref = result.get("calibration"), result.get("referral")
+    if not cal or not ref:
+        return []
+
+    def f(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    lines = []
+    if cal["fitted"]:
+        lines.append(
+            f"calibration: temperature {cal['temperature']:.2f}, ECE {f(cal['ece_before'])} -> "
+            f"{f(cal['ece_after'])}, NLL {f(cal['nll_before'])} -> {f(cal['nll_after'])}"
+        )
+    else:
+        lines.append("calibration: none in this checkpoint (run 'ctcovid calibrate' to add it)")
+    why = ", ".join(f"{k} {v}" for k, v in ref["reasons"].items() if v) or "none"
+    lines.append(
+        f"referral: {ref['n_referred']} of {ref['n_scans']} scans ({why}); accuracy on the others "
+        f"{f(ref['accuracy_not_referred'])} (all scans {f(ref['accuracy_all'])})"
+    )
+    return lines
 
 
 def _line(result: dict[str, Any], level: str) -> str:

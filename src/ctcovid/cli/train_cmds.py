@@ -148,6 +148,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     """Synthetic end to end: generate, import, split, preprocess + train, evaluate on the test split."""
     import time
 
+    from ctcovid.cli.evaluate_cmds import trust_lines
     from ctcovid.config import apply_overrides
     from ctcovid.data.cohorts import import_cohort
     from ctcovid.data.manifest import summary_table, write_manifest
@@ -205,7 +206,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         cache_progress=cache_progress(),
     )
     phases["preprocess + train"] = time.perf_counter() - t0 - sum(phases.values())
-    print("[5/5] evaluating the best checkpoint on the held-out test patients")
+    print("[5/5] evaluating the best checkpoint on the held-out test patients, explaining a COVID-19 scan")
     report = evaluate_checkpoint(run_dir / "checkpoint_best.pt", manifest, split="test")
     written = write_report(report, run_dir / "eval_test", run_dir=run_dir)
     scan = report["scan"]
@@ -217,7 +218,12 @@ def _run_demo(args: argparse.Namespace) -> int:
     print("      confusion (rows = truth, columns = prediction): " + " ".join(labels))
     for lab, row in zip(labels, scan["confusion"]):
         print(f"      {lab:<7} {row}")
+    for line in trust_lines(report):
+        print(f"      {line}")
     print(f"      report: {written['report_html']}")
+    montage = _demo_montage(report, manifest, run_dir / "eval_test")
+    if montage is not None:
+        print(f"      explanation montage: {montage}")
     phases["evaluate"] = time.perf_counter() - t0 - sum(phases.values())
     print(
         f"demo finished in {time.perf_counter() - t0:.0f} s ("
@@ -225,6 +231,29 @@ def _run_demo(args: argparse.Namespace) -> int:
         + f"); run folder {run_dir}"
     )
     return 0
+
+
+def _demo_montage(report: dict[str, Any], manifest: Path, out: Path) -> Path | None:
+    """Explain one held-out COVID-19 scan (the most confident correct one, else any) into ``out``."""
+    from ctcovid.data.dataset import load_row_volume
+    from ctcovid.data.manifest import read_manifest
+    from ctcovid.errors import CtcovidError
+    from ctcovid.predict import Predictor, explain
+
+    labels = report["labels"]
+    covid = [s for s in report["scans"] if s["label"] == "NCP"]
+    if not covid or "NCP" not in labels:
+        return None
+    k = labels.index("NCP")
+    best = max(covid, key=lambda s: (s["pred"] == "NCP", s["probs"][k]))
+    row = next(r for r in read_manifest(manifest, labels=labels) if r.scan_id == best["scan_id"])
+    predictor = Predictor.from_checkpoint(report["checkpoint"])
+    try:
+        e = explain(predictor, load_row_volume(row, manifest.parent), scan_id=row.scan_id, target="NCP")
+    except CtcovidError as err:  # e.g. the scan is not assessable: the demo's result stands without it
+        print(f"      no explanation montage: {err}")
+        return None
+    return e.save(out, "covid_example")["montage"]
 
 
 COMMANDS = {
