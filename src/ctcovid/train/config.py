@@ -76,6 +76,11 @@ class TrainConfig:
     seed: int = 0
     best_metric: str = "val_auroc"
     precise_bn_batches: int = 20  # re-estimate BatchNorm statistics on this many batches each epoch (0: off)
+    # Exponential moving average of the weights (Polyak averaging), updated every step with this
+    # decay; 0 = off. With it on, the averaged weights are validated, selected and saved (the raw
+    # ones are kept in the checkpoint for --resume): on small cohorts they vary less from epoch to
+    # epoch than the raw weights, which Adam moves a lot in a few steps.
+    ema_decay: float = 0.0
     max_bad_steps: int = 20  # non-finite losses tolerated (steps skipped) before the run stops
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch intra-op threads (0: torch default)
@@ -86,6 +91,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"train.ema_decay must be in [0, 1) (0: off), got {self.ema_decay}")
         if self.best_metric not in METRICS:
             raise ConfigError(f"train.best_metric {self.best_metric!r} is not one of {', '.join(METRICS)}")
 

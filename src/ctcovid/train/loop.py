@@ -70,7 +70,9 @@ def train_one_epoch(
     *,
     progress: Progress | None = None,
     total: int = 0,
+    on_step: Callable[[], None] | None = None,
 ) -> EpochStats:
+    """One pass over ``loader``; ``on_step`` runs after every optimizer step (weight averaging)."""
     model.train()
     stats, t0 = EpochStats(), time.perf_counter()
     loss_sum, correct, pending = 0.0, 0, 0
@@ -93,6 +95,8 @@ def train_one_epoch(
         if pending == opts.grad_accum:
             _step(model, optimizer, opts)
             pending = 0
+            if on_step is not None:
+                on_step()
         n = y.shape[0]
         stats.samples += n
         loss_sum += loss.item() * n
@@ -105,6 +109,8 @@ def train_one_epoch(
             )
     if pending:
         _step(model, optimizer, opts)  # the epoch's last, partial accumulation
+        if on_step is not None:
+            on_step()
     stats.seconds = time.perf_counter() - t0
     stats.loss = loss_sum / stats.samples if stats.samples else math.nan
     stats.accuracy = correct / stats.samples if stats.samples else math.nan

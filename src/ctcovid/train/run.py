@@ -216,6 +216,14 @@ def fit(
     )
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     opts = StepOptions(device, dtype, channels_last, t.grad_accum, t.clip_grad_norm, scaler)
+    # Weight averaging: validated, selected and saved in place of the raw weights (train.ema_decay).
+    ema = (
+        torch.optim.swa_utils.AveragedModel(
+            unwrap(model), multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(t.ema_decay)
+        )
+        if t.ema_decay > 0
+        else None
+    )
 
     # ---- resume
     start, best, history = 0, {}, []
@@ -226,7 +234,9 @@ def fit(
     )
     if resume and last_path.is_file():
         ck = load_checkpoint(last_path)
-        unwrap(model).load_state_dict(ck["model"]["state_dict"])
+        unwrap(model).load_state_dict(ck.get("train_weights") or ck["model"]["state_dict"])
+        if ema is not None and ck.get("ema"):
+            ema.load_state_dict(ck["ema"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
         if scaler is not None and ck.get("scaler"):
@@ -270,7 +280,9 @@ def fit(
                     opts,
                     progress=batch_progress(epoch) if batch_progress else None,
                     total=len(sampler),
+                    on_step=(lambda: ema.update_parameters(unwrap(model))) if ema is not None else None,
                 )
+                final = ema.module if ema is not None else unwrap(model)  # what is validated and saved
                 if stats.bad_steps > t.max_bad_steps or not math.isfinite(stats.loss):
                     raise TrainingDiverged(
                         f"epoch {epoch + 1}: {stats.bad_steps} batches had a non-finite loss (limit "
@@ -282,13 +294,16 @@ def fit(
                     # Rank 0 only: DDP broadcasts rank 0's buffers to the others at the next forward.
                     bn_sampler.set_epoch(epoch)
                     bn_loader = DataLoader(bn_ds, batch_sampler=bn_sampler, num_workers=workers)
-                    recompute_bn_stats(unwrap(model), bn_loader, opts, t.precise_bn_batches)
+                    recompute_bn_stats(final, bn_loader, opts, t.precise_bn_batches)
+                elif ema is not None:  # no precise BN: the averaged net uses the raw net's statistics
+                    for b_avg, b_raw in zip(ema.module.buffers(), unwrap(model).buffers(), strict=True):
+                        b_avg.copy_(b_raw)
                 if info.is_main:
                     record = {
                         "epoch": epoch,
                         "lr": lr,
                         **_train_record(stats),
-                        **_validate(unwrap(model), val_loader, loss_fn, opts, len(labels)),
+                        **_validate(final, val_loader, loss_fn, opts, len(labels)),
                     }
                     history.append(record)
                     improved = _better(record, best, t.best_metric)
@@ -298,8 +313,16 @@ def fit(
                             t.best_metric: record.get(t.best_metric),
                             "val_accuracy": record.get("val_accuracy"),
                         }
+                    averaged: dict[str, Any] = {}
+                    if ema is not None:  # the raw weights and the average's state, for --resume
+                        averaged = {
+                            "train_weights": {
+                                k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()
+                            },
+                            "ema": {k: v.detach().cpu() for k, v in ema.state_dict().items()},
+                        }
                     ck = make_checkpoint(
-                        model,
+                        final,
                         **ckpt_common,
                         epoch=epoch,
                         metrics=record,
@@ -307,6 +330,7 @@ def fit(
                         optimizer=optimizer.state_dict(),
                         scheduler=scheduler.state_dict(),
                         scaler=scaler.state_dict() if scaler else {},
+                        **averaged,
                     )
                     runlog.append_jsonl(
                         metrics_path, record
