@@ -158,3 +158,15 @@ def test_evaluate_predictions_aggregates_chunks_then_patients() -> None:
     assert r["scans"][0]["probs"] == [0.55, 0.45]
     assert r["patient"]["n"] == 2
     assert r["scan"]["auroc"] is not None and r["positive"] is None and "binary" not in r["scan"]
+
+
+def test_an_ordinal_decision_reads_each_scan_by_its_median() -> None:
+    from ctcovid.evaluate.report import evaluate_predictions
+
+    probs = np.array([[0.45, 0.1, 0.45], [0.2, 0.7, 0.1]])  # argmax: low; median: medium
+    out = evaluate_predictions(
+        probs, np.array([1, 1]), ["a", "b"], ["p", "q"], ["low", "medium", "high"],
+        ordinal=True, n_resamples=0, decision="median",
+    )  # fmt: skip
+    assert [s["pred"] for s in out["scans"]] == ["medium", "medium"]
+    assert out["scan"]["accuracy"] == 1.0 and out["scan"]["mae"] == 0.0 and out["decision"] == "median"

@@ -139,3 +139,25 @@ def test_a_scan_without_a_chest_is_not_assessable_and_gets_no_label(make_ckpt, t
     # The same scan, checks switched off, is answered (the behaviour this guards against).
     forced = Predictor.from_checkpoint(make_ckpt(), quality_checks=False).predict(load_volume(path))
     assert forced.label is not None and forced.quality is None
+
+
+def test_an_ordinal_head_is_read_by_its_median_not_its_argmax(tmp_path: Path, case: SynthCase) -> None:
+    from ctcovid.metrics.metrics import decide
+
+    torch.manual_seed(5)
+    model = create_model("r3d_10", num_classes=3, head="corn")
+    pre = PreprocessConfig(depth_mode="uniformize", depth=8, size_hw=(32, 32))
+    ck = make_checkpoint(
+        model,
+        name="r3d_10",
+        kwargs={"num_classes": 3, "head": "corn"},
+        labels=["low", "medium", "high"],
+        task="severity",
+        preprocess=pre.to_dict(),
+    )
+    p = Predictor.from_checkpoint(save_checkpoint(ck, tmp_path / "corn.pt"))
+    assert p.decision == "median"
+    pred = p.predict(case.volume)
+    probs = np.array([list(pred.probs.values())])
+    assert pred.label == p.labels[int(decide(probs, "median")[0])]
+    assert probs.sum() == pytest.approx(1.0)

@@ -34,6 +34,8 @@ from ctcovid.metrics.metrics import (
     AGGREGATE_METHODS,
     aggregate_by,
     classification_metrics,
+    decide,
+    decision_for_head,
     expected_calibration_error,
 )
 from ctcovid.metrics.reliability import normalized_entropy, risk_coverage, scan_nll, temper
@@ -151,6 +153,7 @@ def evaluate_checkpoint(
         "loss": loss,
         "excluded": excluded,
     }
+    decision = decision_for_head(ckpt["model"]["kwargs"].get("head"))  # median for ordinal heads
     result = {
         **info,
         **evaluate_predictions(
@@ -161,12 +164,15 @@ def evaluate_checkpoint(
             labels,
             aggregate=aggregate,
             positive=positive,
-            ordinal=_is_ordinal(labels, ckpt.get("task")) if ordinal is None else ordinal,
+            ordinal=(_is_ordinal(labels, ckpt.get("task")) or decision == "median")
+            if ordinal is None
+            else ordinal,
             n_resamples=n_resamples,
             seed=seed,
+            decision=decision,
         ),
     }
-    result.update(trust_metrics(raw, inf, rel, dataset, labels, model))
+    result.update(trust_metrics(raw, inf, rel, dataset, labels, model, decision))
     return result
 
 
@@ -177,6 +183,7 @@ def trust_metrics(
     dataset: CachedDataset,
     labels: list[str],
     model: nn.Module,
+    decision: str = "argmax",
 ) -> dict[str, Any]:
     """Calibration before/after temperature scaling and the referral figures, at scan level.
 
@@ -231,7 +238,7 @@ def trust_metrics(
         for w in why:
             reasons[w] += 1
         refer[i] = bool(why)
-    correct = cal_scan.argmax(1) == scan_t
+    correct = decide(cal_scan, decision) == scan_t
     kept = ~refer
     referral = {
         "rate": float(refer.mean()) if len(refer) else None,
@@ -289,8 +296,13 @@ def evaluate_predictions(
     ordinal: bool = False,
     n_resamples: int = N_RESAMPLES,
     seed: int = 0,
+    decision: str = "argmax",
 ) -> dict[str, Any]:
-    """Chunk-level probabilities -> metrics at every level (the model-free half of the evaluation)."""
+    """Chunk-level probabilities -> metrics at every level (the model-free half of the evaluation).
+
+    ``decision``: how a class is read from probabilities, ``"argmax"`` or ``"median"`` (ordinal
+    heads; :func:`~ctcovid.metrics.metrics.decide`).
+    """
     if positive is not None and positive not in labels:
         raise ConfigError(f"positive class {positive!r} is not one of the labels {labels}")
     k = len(labels)
@@ -298,12 +310,13 @@ def evaluate_predictions(
     patient_of = dict(zip(scan_ids, patient_ids))
     scan_patients = [patient_of[s] for s in scans]
     pat_p, pat_t, pat_ids = aggregate_by(scan_p, scan_t, scan_patients)
-    opts: dict[str, Any] = {"labels": labels, "positive": positive, "ordinal": ordinal}
+    opts: dict[str, Any] = {"labels": labels, "positive": positive, "ordinal": ordinal, "decision": decision}
     out: dict[str, Any] = {
         "labels": labels,
         "aggregate": aggregate,
         "positive": positive,
         "ordinal": ordinal,
+        "decision": decision,
         "n_chunks": len(targets),
         "n_scans": len(scans),
         "n_patients": len(pat_ids),
@@ -319,7 +332,13 @@ def evaluate_predictions(
         "resampled": "patients",
     }
     if n_resamples > 0:
-        kw: dict[str, Any] = {"positive": pos, "ordinal": ordinal, "n_resamples": n_resamples, "seed": seed}
+        kw: dict[str, Any] = {
+            "positive": pos,
+            "ordinal": ordinal,
+            "n_resamples": n_resamples,
+            "seed": seed,
+            "decision": decision,
+        }
         ci["scan"] = bootstrap_ci(scan_p, scan_t, scan_patients, **kw)
         ci["patient"] = bootstrap_ci(pat_p, pat_t, pat_ids, **kw)
     out["ci"] = ci
@@ -328,7 +347,7 @@ def evaluate_predictions(
             "scan_id": s,
             "patient_id": patient_of[s],
             "label": labels[int(t)],
-            "pred": labels[int(p.argmax())],
+            "pred": labels[int(decide(p[None], decision)[0])],
             "probs": [round(float(x), 6) for x in p],
         }
         for s, t, p in zip(scans, scan_t, scan_p)
@@ -409,6 +428,7 @@ def _summary_rows(result: dict[str, Any]) -> list[list[Any]]:
         ]
     if result.get("ordinal"):
         names.append(("kappa_quadratic", "quadratic weighted kappa"))
+        names.append(("mae", "mean absolute error (grades)"))
     names.append(("ece", "ECE (15 bins)"))
     rows = []
     for key, title in names:

@@ -50,7 +50,7 @@ from ctcovid.train.config import RunConfig, run_config_from_dict
 
 log = logging.getLogger(__name__)
 TABLES = ("depth_batch", "models", "severity")
-SECTIONS = ("data", "preprocess", "model", "train")
+SECTIONS = ("data", "preprocess", "model", "train", "reliability")
 Event = Callable[[str, int, int, str], None]  # (what, index, total, run name)
 
 

@@ -35,6 +35,7 @@ from torch import nn
 from ctcovid.checkpoint import load_checkpoint, rebuild_model
 from ctcovid.errors import CtcovidError
 from ctcovid.metrics import reliability as R
+from ctcovid.metrics.metrics import decide, decision_for_head
 from ctcovid.models.features import enable_dropout, forward_with_features
 from ctcovid.predict.batch import BatchRun
 from ctcovid.predict.inputs import ZipLimits, find_scans, open_scan, scan_id_of
@@ -60,13 +61,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
 def _softmax(z: np.ndarray) -> np.ndarray:
     e = np.exp(z - z.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
-
-
-def _decide(probs: np.ndarray, rule: str) -> np.ndarray:
-    """Class index per row: argmax, or for ordinal heads the median class (monotone decoder)."""
-    if rule == "median":
-        return (np.cumsum(probs, axis=-1)[..., :-1] < 0.5).sum(-1)
-    return probs.argmax(-1)
 
 
 def _same_shape_batches(arrays: Sequence[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
@@ -190,7 +184,7 @@ class Predictor:
         self.model_name = model_name
         self.batch_size = int(batch_size)
         self.pipeline: Pipeline = build_pipeline(preprocess)
-        self.decision = "median" if getattr(model, "head", "linear") == "corn" else "argmax"
+        self.decision = decision_for_head(getattr(model, "head", None))  # median for ordinal heads
         self.meta = dict(meta or {})
 
     @classmethod
@@ -434,7 +428,7 @@ class Predictor:
         if out.samples.shape[1] > 1:  # the part of the uncertainty from disagreement between samples
             per_scan = out.samples.mean(axis=0, keepdims=True)  # (1, S, K): each sample's scan answer
             info["mutual_information"] = round(float(R.mutual_information(per_scan)[0]), 4)
-        label = self.labels[int(_decide(mean[None], self.decision)[0])]
+        label = self.labels[int(decide(mean[None], self.decision)[0])]
         return Prediction(
             scan_id=scan_id,
             label=label,

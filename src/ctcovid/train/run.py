@@ -30,7 +30,7 @@ from ctcovid.data.manifest import read_manifest
 from ctcovid.data.samplers import ClassUniformBatchSampler, ShuffleBatchSampler, class_weights
 from ctcovid.data.splits import read_split, split_path, split_patients, write_split
 from ctcovid.errors import ConfigError, CtcovidError
-from ctcovid.metrics.metrics import aggregate_by, classification_metrics
+from ctcovid.metrics.metrics import aggregate_by, classification_metrics, decision_for_head
 from ctcovid.models import create_model
 from ctcovid.preprocess.augment import build_augment
 from ctcovid.train import distributed as D
@@ -420,7 +420,7 @@ def _validate(
         return {}
     loss, probs, targets, metas = evaluate(model, loader, loss_fn, opts)
     p, y, _ = aggregate_by(probs.numpy(), targets.numpy(), [m["scan_id"] for m in metas])  # chunks -> scans
-    m = classification_metrics(p, y, num_classes)
+    m = classification_metrics(p, y, num_classes, decision=decision_for_head(getattr(model, "head", None)))
     return {
         "val_loss": loss,
         "val_accuracy": m["accuracy"],
