@@ -141,3 +141,14 @@ def test_scan_stats_round_trip_through_json(synthetic: Volume) -> None:
 def test_scan_stats_from_dict_ignores_unknown_keys(synthetic: Volume) -> None:
     s = measure(synthetic)
     assert ScanStats.from_dict({**s.to_dict(), "added_later": 1}) == s
+
+
+def test_lungs_darker_than_the_emphysema_threshold_are_still_lungs(synthetic: Volume) -> None:
+    # Severe emphysema (or a sharp, noisy kernel) puts most lung voxels below -950 HU: a lung of
+    # litres is not bowel gas, however dark.
+    normal = measure(synthetic)
+    v = synthetic.voxels.copy()
+    v[(v > -990) & (v < -500)] = -980.0
+    dark = measure(synthetic.with_voxels(v))
+    assert dark.lung_ml is not None and normal.lung_ml is not None
+    assert dark.lung_ml > 0.8 * normal.lung_ml

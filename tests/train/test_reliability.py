@@ -33,6 +33,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_training_stores_reliability_data_in_the_best_checkpoint(trained: Path) -> None:
     rel = load_checkpoint(trained / "checkpoint_best.pt")["reliability"]
     assert 0.25 <= rel["temperature"] <= 10.0
+    assert 0.0 <= rel["refer_uncertainty"] <= 1.0 and "kept_at_threshold" in rel["validation"]
     assert rel["validation"]["scans"] >= 10
     assert rel["validation"]["nll_after"] <= rel["validation"]["nll_before"] + 1e-9
     means = rel["feature_density"]["means"]
@@ -98,3 +99,24 @@ def test_a_bad_reliability_setting_fails_naming_the_key(tmp_path: Path) -> None:
     cfg.write_text('[data]\nmanifest = "m.csv"\n[reliability]\nood_quantile = 1.5\n')
     with pytest.raises(ConfigError, match="reliability.ood_quantile"):
         load_run_config(cfg)
+
+
+def test_the_uncertainty_threshold_keeps_the_most_certain_scans_within_the_target_risk() -> None:
+    from ctcovid.train.reliability import uncertainty_threshold
+
+    u = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    ok = np.array([True, True, True, False, True, False])
+    t, kept = uncertainty_threshold(u, ok, target_risk=0.05)
+    assert t == pytest.approx(0.3) and kept == pytest.approx(0.5)  # the 4th scan is the first error
+    assert uncertainty_threshold(u, ok, target_risk=0.25)[0] == pytest.approx(0.5)  # 1 error in 5
+    assert uncertainty_threshold(u, np.ones(6, bool), 0.05) == (1.0, 1.0)  # nothing referred
+    t, kept = uncertainty_threshold(u, np.zeros(6, bool), 0.05)
+    assert t < 0.1 and kept == 0.0  # even the most certain is wrong: refer everything
+
+
+def test_the_uncertainty_threshold_never_cuts_between_tied_scans() -> None:
+    from ctcovid.train.reliability import uncertainty_threshold
+
+    u = np.array([0.1, 0.2, 0.2, 0.3])
+    ok = np.array([True, True, False, True])
+    assert uncertainty_threshold(u, ok, 0.05)[0] == pytest.approx(0.1)

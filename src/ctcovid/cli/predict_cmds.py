@@ -36,7 +36,8 @@ def _add_model_args(p: argparse.ArgumentParser, *, ensemble: bool = True) -> Non
         type=float,
         default=None,
         metavar="U",
-        help="refer answers whose normalised entropy exceeds U (default: the checkpoint's, 0.6)",
+        help="refer answers whose normalised entropy exceeds U (default: the checkpoint's, fitted on "
+        "its validation split; 0.6 for checkpoints without reliability data)",
     )
     trust.add_argument(
         "--ood-method",

@@ -98,7 +98,8 @@ def _run_calibrate(args: argparse.Namespace) -> int:
         )
     ref = rel.get("quality_reference")
     print(
-        f"  quality reference: {ref['n'] if ref else 0} training scans; refer above uncertainty {rel['refer_uncertainty']}"
+        f"  quality reference: {ref['n'] if ref else 0} training scans; refer above uncertainty "
+        f"{rel['refer_uncertainty']:.3f} (target risk {cfg.target_risk:g})"
     )
     return 0
 

@@ -105,15 +105,21 @@ class ReliabilityConfig:
     ood_method: Literal["mahalanobis", "energy"] = "mahalanobis"  # measured in bench/RESULTS.md
     # Share of in-distribution validation scans accepted: the threshold is this quantile of their scores.
     ood_quantile: float = 0.95
-    # Normalised entropy of the answer above which it is referred (0.6: e.g. 0.8 / 0.1 / 0.1 of 3 classes
-    # is 0.58, an even split between two classes 0.63).
-    refer_uncertainty: float = 0.6
+    # Answers more uncertain (normalised entropy) than a threshold are referred. By default the
+    # threshold is fitted on the validation split: the largest one at which the validation scans
+    # kept have an error rate <= target_risk (selective classification, Geifman & El-Yaniv 2017),
+    # so it follows how good the model is. A number here fixes it instead (0.6: 0.8 / 0.1 / 0.1
+    # over three classes is 0.58, an even split between two classes 0.63).
+    refer_uncertainty: float | None = None
+    target_risk: float = 0.05
     train_samples: int = 2000  # training inputs (random subset) whose features fit the density
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.ood_quantile < 1.0:
             raise ConfigError(f"reliability.ood_quantile must be in [0.5, 1), got {self.ood_quantile}")
-        if not 0.0 < self.refer_uncertainty <= 1.0:
+        if not 0.0 < self.target_risk < 1.0:
+            raise ConfigError(f"reliability.target_risk must be in (0, 1), got {self.target_risk}")
+        if self.refer_uncertainty is not None and not 0.0 < self.refer_uncertainty <= 1.0:
             raise ConfigError(
                 f"reliability.refer_uncertainty must be in (0, 1], got {self.refer_uncertainty}"
             )

@@ -11,7 +11,9 @@ subset of) the un-augmented training split and returns ``ckpt["reliability"]``:
   scans' median and the ``ood_quantile`` threshold: predict reports
   ``ood_score = (score - median) / (threshold - median)``, so 0 is a typical validation scan and
   above 1 is out of distribution, whatever the method's units;
-* ``refer_uncertainty``: the normalised entropy above which an answer is referred;
+* ``refer_uncertainty``: the normalised entropy above which an answer is referred: fitted on the
+  validation scans as the largest threshold at which the scans kept have an error rate of at most
+  ``target_risk`` (:func:`uncertainty_threshold`), unless the config fixes it;
 * ``quality_reference``: the training cohort's scan statistics (spacing, slice counts, lung field),
   from the preprocessing cache, for the quality checks (:mod:`ctcovid.predict.quality`).
 
@@ -32,12 +34,13 @@ from torch.utils.data import DataLoader, Subset
 from ctcovid.data.dataset import CachedDataset
 from ctcovid.errors import ConfigError
 from ctcovid.metrics import reliability as R
-from ctcovid.metrics.metrics import aggregate_by, expected_calibration_error
+from ctcovid.metrics.metrics import aggregate_by, decide, decision_for_head, expected_calibration_error
 from ctcovid.train.config import ReliabilityConfig
 from ctcovid.train.loop import Inference, StepOptions, infer
 
 log = logging.getLogger(__name__)
 RELIABILITY_FORMAT = 1
+DEFAULT_REFER = 0.6  # without validation scans to fit it on
 # One scalar from fewer scans than this follows their luck (3 scans all right: T -> its lower bound).
 MIN_TEMPERATURE_SCANS = 10
 
@@ -76,7 +79,7 @@ def fit_reliability(
         "temperature": 1.0,
         "ood_method": cfg.ood_method,
         "ood_quantile": cfg.ood_quantile,
-        "refer_uncertainty": cfg.refer_uncertainty,
+        "refer_uncertainty": cfg.refer_uncertainty if cfg.refer_uncertainty is not None else DEFAULT_REFER,
         "ood": {},
         "validation": {},
         "quality_reference": _quality_reference(train_ds),
@@ -119,6 +122,14 @@ def fit_reliability(
         "ece_after": expected_calibration_error(*after)[0],
         "accuracy": float((before[0].argmax(1) == before[1]).mean()),
     }
+    if cfg.refer_uncertainty is None:
+        decision = decision_for_head(getattr(model, "head", None))
+        after_p, after_t = after
+        threshold, kept = uncertainty_threshold(
+            R.normalized_entropy(after_p), decide(after_p, decision) == after_t, cfg.target_risk
+        )
+        out["refer_uncertainty"] = threshold
+        out["validation"]["kept_at_threshold"] = kept
     for method, values in ood_scores(val, density).items():
         per_scan, _ = scan_scores(values, ids)
         out["ood"][method] = {
@@ -136,6 +147,35 @@ def fit_reliability(
         out["validation"]["ece_before"] or 0.0, out["validation"]["ece_after"] or 0.0, cfg.ood_method,
     )  # fmt: skip
     return out
+
+
+def uncertainty_threshold(
+    uncertainty: np.ndarray, correct: np.ndarray, target_risk: float
+) -> tuple[float, float]:
+    """The largest uncertainty threshold whose kept scans (uncertainty <= it) err at most ``target_risk``.
+
+    Returns ``(threshold, fraction of scans kept)``. When every scan can be kept the threshold is
+    1 (no answer is referred for uncertainty); when not even the most certain scans meet the risk,
+    it sits just below the smallest uncertainty (every answer is referred).
+    """
+    u = np.asarray(uncertainty, dtype=np.float64)
+    ok = np.asarray(correct, dtype=bool)
+    if len(u) == 0:
+        return DEFAULT_REFER, 0.0
+    order = np.argsort(u, kind="stable")
+    risk = np.cumsum(~ok[order]) / np.arange(1, len(u) + 1)
+    # Ties: a threshold keeps every scan at or below it, so only cut between distinct values.
+    cuts = [
+        int(i)
+        for i in np.flatnonzero(risk <= target_risk)
+        if i == len(u) - 1 or u[order[i + 1]] > u[order[i]]
+    ]
+    if not cuts:
+        return float(max(u[order[0]] - 1e-6, 0.0)), 0.0
+    i = cuts[-1]
+    if i == len(u) - 1:
+        return 1.0, 1.0
+    return float(u[order[i]]), (i + 1) / len(u)
 
 
 def _quality_reference(ds: CachedDataset) -> dict[str, Any] | None:
