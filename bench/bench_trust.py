@@ -6,8 +6,9 @@ One synthetic chest CT (200 x 512 x 512 HU, ~1.5 x 0.7 x 0.7 mm) in memory; an u
 checkpoint of ``--model`` (dropout on, so MC dropout applies) at the severity recipe's input
 (uniformized to 40 slices of 128 x 128 here, to keep a CPU run short) with reliability data fitted
 on random features. Times ``Predictor.predict`` (best of ``--repeats`` after a warm-up) for:
-plain (quality checks off), + quality checks, + MC dropout (``--mc`` passes), and an ensemble of
-``--members`` checkpoints; prints each and its ratio to plain. Untrained weights cost what trained
+plain (quality checks off), + quality checks, + MC dropout (``--mc`` samples, drawn on the pooled
+features: the models' only dropout sits before the head), and an ensemble of ``--members``
+checkpoints; prints each and its ratio to plain. Untrained weights cost what trained
 ones do.
 """
 
@@ -70,8 +71,10 @@ def main() -> None:
         setups = {
             "plain (no quality checks)": Predictor.from_checkpoint(ckpts[0], quality_checks=False),
             "+ quality checks": Predictor.from_checkpoint(ckpts[0]),
-            f"+ MC dropout, {args.mc} passes": Predictor.from_checkpoint(ckpts[0], mc_samples=args.mc),
-            f"ensemble of {args.members}": Predictor.from_checkpoints(ckpts),
+            f"+ quality checks + MC dropout, {args.mc} samples": Predictor.from_checkpoint(
+                ckpts[0], mc_samples=args.mc
+            ),
+            f"+ quality checks, ensemble of {args.members}": Predictor.from_checkpoints(ckpts),
         }
         times = {name: best_of(lambda p=p: p.predict(volume), args.repeats) for name, p in setups.items()}
     base = times["plain (no quality checks)"]

@@ -49,3 +49,22 @@ def enable_dropout(model: nn.Module, enabled: bool = True) -> int:
             m.train(enabled)
             n += 1
     return n
+
+
+def mc_head_samples(model: nn.Module, features: torch.Tensor, n: int) -> torch.Tensor | None:
+    """``n`` MC-dropout outputs ``(n, B, K)`` from pooled ``features``, or None when not applicable.
+
+    In the ResNet family the only dropout sits between the pool and the head
+    (``pool -> dropout -> fc -> head_output``), so a stochastic pass differs from the deterministic
+    one only after the pool: sampling the dropout mask on the features gives exactly the outputs of
+    ``n`` full passes with dropout on, for the cost of ``n`` small matrix products (measured in
+    bench/RESULTS.md). Any other layout (dropout elsewhere, a user's network) returns None and the
+    caller runs full passes.
+    """
+    drop, fc = getattr(model, "dropout", None), getattr(model, "fc", None)
+    active = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
+    if not (isinstance(drop, nn.Dropout) and active == [drop] and isinstance(fc, nn.Linear)):
+        return None
+    head = getattr(model, "head_output", lambda z: z)
+    outs = [head(fc(nn.functional.dropout(features, drop.p, training=True))) for _ in range(n)]
+    return torch.stack(outs)

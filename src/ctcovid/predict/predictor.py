@@ -36,7 +36,7 @@ from ctcovid.checkpoint import load_checkpoint, rebuild_model
 from ctcovid.errors import CtcovidError
 from ctcovid.metrics import reliability as R
 from ctcovid.metrics.metrics import decide, decision_for_head
-from ctcovid.models.features import enable_dropout, forward_with_features
+from ctcovid.models.features import enable_dropout, forward_with_features, mc_head_samples
 from ctcovid.predict.batch import BatchRun
 from ctcovid.predict.inputs import ZipLimits, find_scans, open_scan, scan_id_of
 from ctcovid.predict.quality import QualityReport, check_volume
@@ -326,6 +326,11 @@ class Predictor:
                     p = R.temper(_softmax(z), m.temperature)
                     if not self.mc_samples:
                         draws.append(p)
+                        continue
+                    fast = None if feats is None else mc_head_samples(m.model, feats, self.mc_samples)
+                    if fast is not None:  # dropout only before the head: sample it on the features
+                        for zs in fast.float().cpu().numpy().astype(np.float64):
+                            draws.append(R.temper(_softmax(zs), m.temperature))
                         continue
                     enable_dropout(m.model, True)
                     try:
