@@ -110,7 +110,7 @@ DEMO_CONFIG: dict[str, Any] = {
     "data": {"task": "diagnosis", "val": 0.2, "test": 0.2},
     "preprocess": {
         "depth_mode": "uniformize",
-        "depth": 24,
+        "depth": 16,
         "in_channels": 1,
         "size_hw": [64, 64],
         "body_crop": True,
@@ -124,6 +124,8 @@ DEMO_CONFIG: dict[str, Any] = {
         "gamma": 0.1,
         "sampler": "class_uniform",
         "best_metric": "val_accuracy",
+        "ema_decay": 0.95,
+        "precise_bn_batches": 5,
     },
 }
 
@@ -131,7 +133,10 @@ DEMO_CONFIG: dict[str, Any] = {
 def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo_out", help="working folder (default ./demo_out)")
     p.add_argument(
-        "--n", type=int, default=120, help="synthetic scans (= patients) to generate (default 120)"
+        "--n",
+        type=int,
+        default=150,
+        help="synthetic scans (= patients) to generate (default 150: 30 held-out test patients)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=["dicom", "png"], default="dicom", help="how the cohort is written")

@@ -235,8 +235,9 @@ def fit(
     if resume and last_path.is_file():
         ck = load_checkpoint(last_path)
         unwrap(model).load_state_dict(ck.get("train_weights") or ck["model"]["state_dict"])
-        if ema is not None and ck.get("ema"):
-            ema.load_state_dict(ck["ema"])
+        if ema is not None and "ema_n_averaged" in ck:
+            ema.module.load_state_dict(ck["model"]["state_dict"])
+            ema.n_averaged.copy_(ck["ema_n_averaged"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
         if scaler is not None and ck.get("scaler"):
@@ -319,7 +320,8 @@ def fit(
                             "train_weights": {
                                 k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()
                             },
-                            "ema": {k: v.detach().cpu() for k, v in ema.state_dict().items()},
+                            # the average's weights are the checkpoint's model: only its count here
+                            "ema_n_averaged": ema.n_averaged.detach().cpu(),
                         }
                     ck = make_checkpoint(
                         final,
