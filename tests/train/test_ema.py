@@ -24,10 +24,9 @@ def test_the_saved_model_is_the_average_and_the_raw_weights_are_kept_for_resume(
 ) -> None:
     ck = _fit(tiny_run[0], tmp_path / "run", 2)
     saved, raw = ck["model"]["state_dict"], ck["train_weights"]
-    assert ck["ema"]["n_averaged"].item() > 1
+    assert ck["ema_n_averaged"].item() > 1
     name = "fc.weight"
     assert not torch.equal(saved[name], raw[name])  # the average trails the raw weights
-    assert torch.allclose(saved[name], ck["ema"][f"module.{name}"])
 
 
 def test_resuming_an_averaged_run_ends_where_an_uninterrupted_run_ends(
