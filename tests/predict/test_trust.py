@@ -161,3 +161,12 @@ def test_an_ordinal_head_is_read_by_its_median_not_its_argmax(tmp_path: Path, ca
     probs = np.array([list(pred.probs.values())])
     assert pred.label == p.labels[int(decide(probs, "median")[0])]
     assert probs.sum() == pytest.approx(1.0)
+
+
+def test_a_fitted_uncertainty_threshold_of_zero_refers_every_answer(
+    make_ckpt, case: SynthCase, tmp_path: Path
+) -> None:
+    p = Predictor.from_checkpoint(_with_reliability(make_ckpt(), tmp_path / "z.pt", refer_uncertainty=0.0))
+    assert p.refer_uncertainty == 0.0
+    pred = p.predict(case.volume)
+    assert pred.refer and pred.refer_reasons[-1].startswith("uncertain")

@@ -174,8 +174,14 @@ class Predictor:
                         "train with model.dropout > 0 (CT-S models have 0.5) or use an ensemble of checkpoints"
                     )
         first = self.members[0]
+        # A fitted threshold may be 0 (the model never met the target risk: refer every answer).
+        fitted = first.refer_uncertainty
         self.refer_uncertainty = float(
-            refer_uncertainty or first.refer_uncertainty or DEFAULT_REFER_UNCERTAINTY
+            refer_uncertainty
+            if refer_uncertainty is not None
+            else fitted
+            if fitted is not None
+            else DEFAULT_REFER_UNCERTAINTY
         )
         self.ood_method = ood_method or first.ood_method or "mahalanobis"
         self.quality_checks = quality_checks
