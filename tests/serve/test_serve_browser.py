@@ -149,6 +149,7 @@ def test_upload_page_shows_probabilities_and_the_montage(
         task = browser.js("document.getElementById('task').textContent")
         rows = browser.js("[...document.querySelectorAll('#probs tr')].map(r => r.textContent)")
         natural = browser.js("document.getElementById('montage').naturalWidth")
+        trust = browser.js("document.getElementById('trust').textContent")
         shot = base64.b64decode(browser.send("Page.captureScreenshot", {"format": "png"})["data"])
     finally:
         browser.close()
@@ -156,6 +157,7 @@ def test_upload_page_shows_probabilities_and_the_montage(
     assert "gradcam on layer" in task, task  # the choice reached the API
     assert len(rows) == 3 and all("%" in r for r in rows)
     assert natural > 300  # the montage image decoded
+    assert "uncertainty" in trust and "out-of-distribution score" in trust, trust
     out = Path(os.environ.get("CTCOVID_SCREENSHOT_DIR", tmp_path)) / "serve_page.png"
     out.write_bytes(shot)
     from PIL import Image
@@ -166,3 +168,34 @@ def test_upload_page_shows_probabilities_and_the_montage(
     # blue bars and button make ~0.4 % of the pixels; the lung-field overlay ~6 %).
     saturation = img.max(axis=2) - img.min(axis=2)
     assert (saturation > 40).mean() > 0.03
+
+
+SHARED_ABDOMEN = Path(__file__).resolve().parents[3] / "shared" / "data" / "abdomen-ct.nii.gz"
+
+
+@pytest.mark.skipif(not SHARED_ABDOMEN.is_file(), reason="needs ../shared/data")
+def test_upload_page_says_a_scan_without_a_chest_is_not_assessable(
+    ckpt: Path, live_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CTCOVID_API_TOKEN", raising=False)
+    server = live_server(create_app(ckpt, ServeSettings(tmp_dir=str(tmp_path / "srv"))))
+    assert BROWSER is not None
+    browser = Chromium(BROWSER)
+    try:
+        browser.open(server.url + "/")
+        browser.wait_for("document.getElementById('model').textContent.includes('r3d_10')")
+        root = browser.send("DOM.getDocument")["root"]["nodeId"]
+        node = browser.send("DOM.querySelector", {"nodeId": root, "selector": "#file"})["nodeId"]
+        browser.send("DOM.setFileInputFiles", {"nodeId": node, "files": [str(SHARED_ABDOMEN)]})
+        browser.js("document.getElementById('go').click()")
+        browser.wait_for("['done', 'error'].includes(document.getElementById('status').dataset.state)")
+        state = browser.js("document.getElementById('status').dataset.state")
+        label = browser.js("document.getElementById('label').textContent")
+        refer = browser.js("document.getElementById('refer').textContent")
+        notes = browser.js("document.getElementById('warnings').textContent")
+        montage_hidden = browser.js("document.getElementById('montage').hidden")
+    finally:
+        browser.close()
+    assert state == "done" and label == "not assessable"
+    assert refer.startswith("Refer to a radiologist") and "lung field" in refer
+    assert "quality: no lung field found" in notes and montage_hidden
