@@ -216,8 +216,12 @@ def _run_demo(args: argparse.Namespace) -> int:
     report = evaluate_checkpoint(run_dir / "checkpoint_best.pt", manifest, split="test")
     written = write_report(report, run_dir / "eval_test", run_dir=run_dir)
     scan = report["scan"]
+    ci = report.get("ci", {}).get("scan", {}).get("accuracy") or {}
+    interval = (
+        f" [{ci['low']:.3f}, {ci['high']:.3f}] (95 % patient bootstrap)" if ci.get("low") is not None else ""
+    )
     print(
-        f"      test scans: {scan['n']}  accuracy {scan['accuracy']:.3f}  macro-F1 {scan['f1_macro']:.3f}  "
+        f"      test scans: {scan['n']}  accuracy {scan['accuracy']:.3f}{interval}  macro-F1 {scan['f1_macro']:.3f}  "
         f"AUROC {scan['auroc'] if scan['auroc'] is None else round(scan['auroc'], 3)}"
     )
     labels = report["labels"]
