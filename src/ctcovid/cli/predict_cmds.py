@@ -29,7 +29,8 @@ def _add_model_args(p: argparse.ArgumentParser, *, ensemble: bool = True) -> Non
         type=int,
         default=0,
         metavar="N",
-        help="MC dropout: N extra passes with dropout on (models with dropout, e.g. CT-S); default 0 (off)",
+        help="MC dropout: N samples with dropout on (models with dropout, e.g. CT-S; drawn on the pooled "
+        "features when the only dropout is before the head, so they cost ~nothing); default 0 (off)",
     )
     trust.add_argument(
         "--refer-uncertainty",
