@@ -123,6 +123,15 @@ class Chromium:
         shutil.rmtree(self.profile, ignore_errors=True)
 
 
+def _choose_file(browser: Chromium, url: str, scan: Path) -> None:
+    """Open the page, wait for the model line, and put ``scan`` into the file input."""
+    browser.open(url + "/")
+    browser.wait_for("document.getElementById('model').textContent.includes('r3d_10')")
+    root = browser.send("DOM.getDocument")["root"]["nodeId"]
+    node = browser.send("DOM.querySelector", {"nodeId": root, "selector": "#file"})["nodeId"]
+    browser.send("DOM.setFileInputFiles", {"nodeId": node, "files": [str(scan)]})
+
+
 def test_upload_page_shows_probabilities_and_the_montage(
     ckpt: Path, uploads, live_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -133,11 +142,7 @@ def test_upload_page_shows_probabilities_and_the_montage(
     assert BROWSER is not None
     browser = Chromium(BROWSER)
     try:
-        browser.open(server.url + "/")
-        browser.wait_for("document.getElementById('model').textContent.includes('r3d_10')")
-        root = browser.send("DOM.getDocument")["root"]["nodeId"]
-        node = browser.send("DOM.querySelector", {"nodeId": root, "selector": "#file"})["nodeId"]
-        browser.send("DOM.setFileInputFiles", {"nodeId": node, "files": [str(scan)]})
+        _choose_file(browser, server.url, scan)
         assert browser.js("document.getElementById('method').value") == "ig"  # the API's default
         # Grad-CAM's blobs cover the lungs even for this untrained model: a colourful screenshot.
         browser.js("document.getElementById('method').value = 'gradcam'")
@@ -182,11 +187,7 @@ def test_upload_page_says_a_scan_without_a_chest_is_not_assessable(
     assert BROWSER is not None
     browser = Chromium(BROWSER)
     try:
-        browser.open(server.url + "/")
-        browser.wait_for("document.getElementById('model').textContent.includes('r3d_10')")
-        root = browser.send("DOM.getDocument")["root"]["nodeId"]
-        node = browser.send("DOM.querySelector", {"nodeId": root, "selector": "#file"})["nodeId"]
-        browser.send("DOM.setFileInputFiles", {"nodeId": node, "files": [str(SHARED_ABDOMEN)]})
+        _choose_file(browser, server.url, SHARED_ABDOMEN)
         browser.js("document.getElementById('go').click()")
         browser.wait_for("['done', 'error'].includes(document.getElementById('status').dataset.state)")
         state = browser.js("document.getElementById('status').dataset.state")

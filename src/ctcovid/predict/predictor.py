@@ -24,7 +24,6 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from ctcovid.metrics.metrics import decide, decision_for_head
 from ctcovid.models.features import enable_dropout, forward_with_features, mc_head_samples
 from ctcovid.predict.batch import BatchRun
 from ctcovid.predict.inputs import ZipLimits, find_scans, open_scan, scan_id_of
+from ctcovid.predict.member import DEFAULT_REFER_UNCERTAINTY, Member, softmax
 from ctcovid.predict.quality import QualityReport, check_volume
 from ctcovid.predict.result import ChunkOutputs, ChunkPrediction, Prediction, Progress, describe_error
 from ctcovid.preprocess.depth import Chunk
@@ -58,11 +58,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def _same_shape_batches(arrays: Sequence[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
     """Consecutive runs of ``arrays`` with equal shapes, cut into batches of at most ``size``."""
     batch: list[np.ndarray] = []
@@ -73,50 +68,6 @@ def _same_shape_batches(arrays: Sequence[np.ndarray], size: int) -> Iterator[lis
         batch.append(a)
     if batch:
         yield batch
-
-
-DEFAULT_REFER_UNCERTAINTY = 0.6  # as ReliabilityConfig.refer_uncertainty, for checkpoints without it
-
-
-@dataclass
-class Member:
-    """One trained model of a predictor, with what its checkpoint says about trusting it."""
-
-    model: nn.Module
-    temperature: float = 1.0
-    density: R.FeatureDensity | None = None
-    ood: dict[str, dict[str, float]] = field(default_factory=dict)  # method -> {median, threshold}
-    refer_uncertainty: float | None = None
-    ood_method: str | None = None
-    quality_reference: dict[str, Any] | None = None
-
-    @classmethod
-    def build(cls, model: nn.Module, reliability: dict[str, Any] | None) -> Member:
-        r = reliability or {}
-        density = R.FeatureDensity.from_state(r["feature_density"]) if r.get("feature_density") else None
-        return cls(
-            model,
-            temperature=float(r.get("temperature", 1.0)),
-            density=density,
-            ood=dict(r.get("ood", {})),
-            refer_uncertainty=r.get("refer_uncertainty"),
-            ood_method=r.get("ood_method"),
-            quality_reference=r.get("quality_reference"),
-        )
-
-    def ood_score(self, method: str, logits: np.ndarray, features: np.ndarray | None) -> np.ndarray | None:
-        """Per-input score scaled so 0 = the validation median and 1 = the threshold; None if unfitted."""
-        fitted = self.ood.get(method)
-        if fitted is None:
-            return None
-        if method == "mahalanobis":
-            if self.density is None or features is None:
-                return None
-            raw = self.density.score(features)
-        else:
-            raw = R.energy_score(logits)
-        scale = fitted["threshold"] - fitted["median"]
-        return (raw - fitted["median"]) / (scale if scale > 0 else 1.0)
 
 
 class Predictor:
@@ -329,20 +280,20 @@ class Predictor:
                     f = None if feats is None else feats.float().cpu().numpy()
                     score = m.ood_score(self.ood_method, z, f)
                     scores.append(np.full(len(z), np.nan) if score is None else score)
-                    p = R.temper(_softmax(z), m.temperature)
+                    p = R.temper(softmax(z), m.temperature)
                     if not self.mc_samples:
                         draws.append(p)
                         continue
                     fast = None if feats is None else mc_head_samples(m.model, feats, self.mc_samples)
                     if fast is not None:  # dropout only before the head: sample it on the features
                         for zs in fast.float().cpu().numpy().astype(np.float64):
-                            draws.append(R.temper(_softmax(zs), m.temperature))
+                            draws.append(R.temper(softmax(zs), m.temperature))
                         continue
                     enable_dropout(m.model, True)
                     try:
                         for _ in range(self.mc_samples):
                             zs = m.model(x).float().cpu().numpy().astype(np.float64)
-                            draws.append(R.temper(_softmax(zs), m.temperature))
+                            draws.append(R.temper(softmax(zs), m.temperature))
                     finally:
                         enable_dropout(m.model, False)
                 stack = np.stack(draws, axis=1)  # (B, S, K)

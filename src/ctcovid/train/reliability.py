@@ -35,7 +35,7 @@ from ctcovid.data.dataset import CachedDataset
 from ctcovid.errors import ConfigError
 from ctcovid.metrics import reliability as R
 from ctcovid.metrics.metrics import aggregate_by, decide, decision_for_head, expected_calibration_error
-from ctcovid.train.config import ReliabilityConfig
+from ctcovid.train.config import ReliabilityConfig, RunConfig
 from ctcovid.train.loop import Inference, StepOptions, infer
 
 log = logging.getLogger(__name__)
@@ -188,6 +188,33 @@ def _quality_reference(ds: CachedDataset) -> dict[str, Any] | None:
         log.warning("the cache holds no scan statistics (built by an older ctcovid): no quality reference")
         return None
     return reference_from_stats(stats)
+
+
+def add_reliability(
+    cfg: RunConfig,
+    best_path: Path,
+    last_path: Path,
+    bn_ds: CachedDataset,
+    val_ds: CachedDataset,
+    opts: StepOptions,
+) -> None:
+    """Fit calibration and OOD statistics for the best model and store them in its checkpoint(s).
+
+    ``bn_ds`` is the un-augmented training set (features as predict will see them). The last
+    checkpoint gets them too when it is the same epoch as the best.
+    """
+    from ctcovid.checkpoint import link_checkpoint, load_checkpoint, rebuild_model, save_checkpoint
+
+    ck = load_checkpoint(best_path)
+    model = rebuild_model(ck).to(opts.device)
+    if opts.channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+    ck["reliability"] = fit_reliability(
+        model, bn_ds, val_ds, opts, cfg.reliability, batch_size=cfg.train.batch_size, seed=cfg.train.seed
+    )
+    save_checkpoint(ck, best_path)
+    if ck.get("epoch") == cfg.train.epochs - 1:  # the best is the last epoch: one file again
+        link_checkpoint(best_path, last_path)
 
 
 def calibrate_checkpoint(

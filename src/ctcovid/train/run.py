@@ -38,6 +38,7 @@ from ctcovid.train import runlog, speed
 from ctcovid.train.config import RunConfig
 from ctcovid.train.interrupt import interrupt_flag, raise_if
 from ctcovid.train.loop import EpochStats, StepOptions, evaluate, recompute_bn_stats, train_one_epoch
+from ctcovid.train.reliability import add_reliability
 
 log = logging.getLogger(__name__)
 BatchProgress = Callable[[int, int, dict[str, float]], None]
@@ -349,7 +350,7 @@ def fit(
                 D.barrier(info)
                 raise_if(interrupted)
             if info.is_main and cfg.reliability.enabled and best_path.is_file() and epoch + 1 == t.epochs:
-                _add_reliability(cfg, best_path, last_path, bn_ds, val_ds, opts)
+                add_reliability(cfg, best_path, last_path, bn_ds, val_ds, opts)
     except KeyboardInterrupt:
         if info.is_main:
             # Mid-epoch weights are kept for inspection; --resume restarts from the last epoch boundary.
@@ -366,34 +367,6 @@ def fit(
         if run_log is not None:
             run_log.close()
     return FitResult(out, epoch + 1 - start, history, best)
-
-
-def _add_reliability(
-    cfg: RunConfig,
-    best_path: Path,
-    last_path: Path,
-    bn_ds: CachedDataset,
-    val_ds: CachedDataset,
-    opts: StepOptions,
-) -> None:
-    """Fit calibration and OOD statistics for the best model and store them in its checkpoint(s).
-
-    ``bn_ds`` is the un-augmented training set (features as predict will see them). The last
-    checkpoint gets them too when it is the same epoch as the best.
-    """
-    from ctcovid.checkpoint import rebuild_model
-    from ctcovid.train.reliability import fit_reliability
-
-    ck = load_checkpoint(best_path)
-    model = rebuild_model(ck).to(opts.device)
-    if opts.channels_last:
-        model = model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
-    ck["reliability"] = fit_reliability(
-        model, bn_ds, val_ds, opts, cfg.reliability, batch_size=cfg.train.batch_size, seed=cfg.train.seed
-    )
-    save_checkpoint(ck, best_path)
-    if ck.get("epoch") == cfg.train.epochs - 1:  # the best is the last epoch: one file again
-        link_checkpoint(best_path, last_path)
 
 
 def _optimizer(cfg: RunConfig, model: nn.Module, *, fused: bool = False) -> torch.optim.Optimizer:
